@@ -43,18 +43,18 @@ int kvs_engine_parse_fsync(const char *name, enum kvs_fsync *out);
 const char *kvs_engine_fsync_name(enum kvs_fsync policy);
 
 struct kvs_engine_options {
-    enum kvs_fsync fsync;          /* default KVS_FSYNC_EVERYSEC */
-    uint64_t segment_size;         /* rotate the active segment past this; default 64 MiB */
-    uint32_t max_key;              /* largest key in bytes; default 64 KiB */
-    uint64_t max_value;            /* largest value in bytes; default 512 MiB */
-    uint32_t write_buffer;         /* group-commit buffer bytes; default 1 MiB */
-    uint64_t compact_min_dead;     /* auto-compact when dead bytes in immutable segments >= this
-                                      and ratio below holds; 0 disables; default 64 MiB */
-    double compact_dead_ratio;     /* ... and dead/total of immutable segments >= this (0.5) */
-    uint32_t compact_step;         /* bytes copied per compaction step; default 1 MiB */
-    bool salvage;                  /* on a bad checksum in an older segment keep going */
-    bool create;                   /* create the directory if missing; default true */
-    struct kvs_ring *ring;         /* ring to run on; NULL: the engine makes and owns one */
+    enum kvs_fsync fsync;      /* default KVS_FSYNC_EVERYSEC */
+    uint64_t segment_size;     /* rotate the active segment past this; default 64 MiB */
+    uint32_t max_key;          /* largest key in bytes; default 64 KiB */
+    uint64_t max_value;        /* largest value in bytes; default 512 MiB */
+    uint32_t write_buffer;     /* group-commit buffer bytes; default 1 MiB */
+    uint64_t compact_min_dead; /* auto-compact when dead bytes in immutable segments >= this
+                                  and ratio below holds; 0 disables; default 64 MiB */
+    double compact_dead_ratio; /* ... and dead/total of immutable segments >= this (0.5) */
+    uint32_t compact_step;     /* bytes copied per compaction step; default 1 MiB */
+    bool salvage;              /* on a bad checksum in an older segment keep going */
+    bool create;               /* create the directory if missing; default true */
+    struct kvs_ring *ring;     /* ring to run on; NULL: the engine makes and owns one */
 };
 
 /* kvs_engine_options_init - fill every field with its default. */
@@ -67,8 +67,8 @@ void kvs_engine_options_init(struct kvs_engine_options *opt);
  * offset on failure. Returns 0 and fills *out; or KVS_ELOCKED (another process has it open),
  * KVS_ECORRUPT (bad checksum in an older segment and salvage is off), KVS_EFORMAT, -errno.
  */
-int kvs_engine_open(const char *dir, const struct kvs_engine_options *opt,
-                    struct kvs_engine **out, char *errbuf, size_t errlen);
+int kvs_engine_open(const char *dir, const struct kvs_engine_options *opt, struct kvs_engine **out,
+                    char *errbuf, size_t errlen);
 
 /*
  * kvs_engine_close - finish pending writes, fdatasync (any policy), release the lock, free.
@@ -145,25 +145,25 @@ uint64_t kvs_engine_scan(const struct kvs_engine *e, uint64_t cursor, size_t cou
                          kvs_engine_key_fn fn, void *ctx);
 
 struct kvs_engine_stats {
-    uint64_t keys;             /* live keys */
-    uint64_t key_bytes;        /* sum of live key lengths */
-    uint64_t index_bytes;      /* memory of the index (table + arena), bytes */
-    double index_bytes_per_key; /* (index_bytes - key_bytes) / keys */
-    uint64_t segments;         /* segment files */
-    uint64_t disk_bytes;       /* bytes in segment files */
-    uint64_t live_bytes;       /* bytes of records the index points at */
-    uint64_t dead_bytes;       /* disk_bytes - live_bytes */
+    uint64_t keys;                /* live keys */
+    uint64_t key_bytes;           /* sum of live key lengths */
+    uint64_t index_bytes;         /* memory of the index (table + arena), bytes */
+    double index_bytes_per_key;   /* (index_bytes - key_bytes) / keys */
+    uint64_t segments;            /* segment files */
+    uint64_t disk_bytes;          /* bytes in segment files */
+    uint64_t live_bytes;          /* bytes of records the index points at */
+    uint64_t dead_bytes;          /* disk_bytes - live_bytes */
     uint64_t sets, gets, removes; /* operations since open */
-    uint64_t batches;          /* group-commit writes since open */
-    uint64_t batched_records;  /* records written in those batches */
-    uint64_t fsyncs;           /* fdatasync calls completed since open */
-    uint64_t compactions;      /* compactions finished since open */
+    uint64_t batches;             /* group-commit writes since open */
+    uint64_t batched_records;     /* records written in those batches */
+    uint64_t fsyncs;              /* fdatasync calls completed since open */
+    uint64_t compactions;         /* compactions finished since open */
     uint64_t compact_bytes_written;
-    bool compacting;           /* a compaction is running */
-    bool failed;               /* read-only after a write or sync error */
-    uint64_t recovered_torn_bytes; /* bytes cut off the newest segment at open */
+    bool compacting;                /* a compaction is running */
+    bool failed;                    /* read-only after a write or sync error */
+    uint64_t recovered_torn_bytes;  /* bytes cut off the newest segment at open */
     uint64_t salvage_dropped_bytes; /* bytes skipped by salvage at open */
-    uint64_t next_seq;         /* sequence number the next record gets */
+    uint64_t next_seq;              /* sequence number the next record gets */
 };
 
 /* kvs_engine_stats - fill *st. Never fails. */

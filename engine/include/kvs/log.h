@@ -29,8 +29,7 @@ int kvs_log_parse_level(const char *name, enum kvs_log_level *out);
 bool kvs_log_enabled(enum kvs_log_level level);
 
 /* kvs_log - print one message (printf format) if level is enabled. Any thread. */
-void kvs_log(enum kvs_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void kvs_log(enum kvs_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* kvs_panic - print the message and abort. For states the kernel promised cannot happen. */
 void kvs_panic(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

@@ -29,8 +29,8 @@ struct kvs_ring;
 struct kvs_bufring;
 
 /* CQE flags passed to callbacks (same values as the kernel's IORING_CQE_F_*). */
-#define KVS_RING_CQE_BUFFER      (1U << 0) /* a provided buffer was used: id in flags >> 16 */
-#define KVS_RING_CQE_MORE        (1U << 1) /* a multishot op stays armed */
+#define KVS_RING_CQE_BUFFER       (1U << 0) /* a provided buffer was used: id in flags >> 16 */
+#define KVS_RING_CQE_MORE         (1U << 1) /* a multishot op stays armed */
 #define KVS_RING_CQE_BUFFER_SHIFT 16
 
 /* Features found at setup, reported by kvs_ring_features(). */
@@ -45,9 +45,9 @@ struct kvs_bufring;
 typedef void (*kvs_ring_cb_fn)(void *ctx, int res, uint32_t flags);
 
 struct kvs_ring_options {
-    unsigned entries;   /* SQ entries; 0 means 256. Rounded up to a power of two. */
+    unsigned entries;       /* SQ entries; 0 means 256. Rounded up to a power of two. */
     unsigned fixed_buffers; /* sparse registered-buffer table size; 0 means 64 */
-    bool no_single_issuer; /* do not try SINGLE_ISSUER|DEFER_TASKRUN (e.g. shared rings) */
+    bool no_single_issuer;  /* do not try SINGLE_ISSUER|DEFER_TASKRUN (e.g. shared rings) */
 };
 
 /*
@@ -93,8 +93,7 @@ int kvs_ring_accept_multishot(struct kvs_ring *r, int listen_fd, kvs_ring_cb_fn 
 /* Multishot recv with buffer selection from provided-buffer group bgid. */
 int kvs_ring_recv_multishot(struct kvs_ring *r, int fd, uint16_t bgid, kvs_ring_cb_fn cb,
                             void *ctx);
-int kvs_ring_recv(struct kvs_ring *r, int fd, void *buf, size_t len, kvs_ring_cb_fn cb,
-                  void *ctx);
+int kvs_ring_recv(struct kvs_ring *r, int fd, void *buf, size_t len, kvs_ring_cb_fn cb, void *ctx);
 int kvs_ring_send(struct kvs_ring *r, int fd, const void *buf, size_t len, kvs_ring_cb_fn cb,
                   void *ctx);
 /* msg (and the iovecs it points at) must stay valid until the callback. */
@@ -128,8 +127,8 @@ uint64_t kvs_ring_watch_tag(const struct kvs_ring *r, int op);
 void kvs_ring_unwatch(struct kvs_ring *r, int op);
 /* Post a completion {user_data = tag, res = value} into the ring whose fd is target_fd
  * (IORING_OP_MSG_RING). The sender's own completion goes to cb (may be NULL). */
-int kvs_ring_msg(struct kvs_ring *r, int target_fd, uint64_t tag, int32_t value,
-                 kvs_ring_cb_fn cb, void *ctx);
+int kvs_ring_msg(struct kvs_ring *r, int target_fd, uint64_t tag, int32_t value, kvs_ring_cb_fn cb,
+                 void *ctx);
 
 /*
  * Registered (fixed) buffers: the ring registers a sparse table at setup; each component adds
