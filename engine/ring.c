@@ -94,7 +94,7 @@ static int slots_grow(struct kvs_ring *r)
 
     if (r->nchunks >= (UINT32_MAX >> SLOT_CHUNK_SHIFT) - 1)
         return -ENOMEM;
-    chunks = realloc(r->chunks, (r->nchunks + 1) * sizeof(*chunks));
+    chunks = realloc(r->chunks, (r->nchunks + 1) * sizeof(struct slot *));
     if (chunks == NULL)
         return -ENOMEM;
     r->chunks = chunks;
