@@ -1,0 +1,574 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Tests of the engine's in-memory index (engine/index.c): the map operations, odd keys,
+ * colliding hashes, a million keys, memory under churn, scans across resizes, and the
+ * documented bytes-per-key bound. Keys come from tutil_rand so every run sees the same data.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/CUnit.h>
+#include <xxhash.h>
+
+#include "index.h"
+#include "tutil.h"
+
+#define KLEN 16
+
+static uint64_t hash_of(const void *key, size_t klen)
+{
+    return XXH3_64bits(key, klen);
+}
+
+/* make_key - the 16-byte key number id: the same bytes every time it is asked for. */
+static void make_key(uint64_t id, unsigned char *key)
+{
+    uint64_t state = id * UINT64_C(0x9E3779B97F4A7C15) + 1;
+
+    tutil_fill(&state, key, KLEN);
+}
+
+/* loc_for - a location derived from id, so that a lookup can check it came back intact. */
+static struct index_loc loc_for(uint64_t id)
+{
+    struct index_loc loc = {
+        .seg = (uint32_t)(id % 1000),
+        .off = (uint32_t)(id * 7),
+        .vlen = (uint32_t)(id ^ 0x5a5a),
+        .seq = id + 1,
+    };
+    return loc;
+}
+
+static bool loc_eq(const struct index_loc *a, const struct index_loc *b)
+{
+    return a->seg == b->seg && a->off == b->off && a->vlen == b->vlen && a->seq == b->seq;
+}
+
+static struct index *new_index(size_t expected)
+{
+    struct index *ix = NULL;
+
+    CU_ASSERT_FATAL(index_new(expected, &ix) == 0);
+    CU_ASSERT_FATAL(ix != NULL);
+    return ix;
+}
+
+static int put_id(struct index *ix, uint64_t id)
+{
+    unsigned char key[KLEN];
+    struct index_loc loc = loc_for(id);
+
+    make_key(id, key);
+    return index_put(ix, hash_of(key, KLEN), key, KLEN, &loc, NULL, NULL);
+}
+
+/* has_id - true if key id is present with the location put_id gave it. */
+static bool has_id(const struct index *ix, uint64_t id)
+{
+    unsigned char key[KLEN];
+    struct index_loc want = loc_for(id);
+    struct index_loc got;
+
+    make_key(id, key);
+    return index_get(ix, hash_of(key, KLEN), key, KLEN, &got) && loc_eq(&got, &want);
+}
+
+static bool del_id(struct index *ix, uint64_t id)
+{
+    unsigned char key[KLEN];
+
+    make_key(id, key);
+    return index_del(ix, hash_of(key, KLEN), key, KLEN, NULL);
+}
+
+static void test_index_put_replaces_and_reports_old(void)
+{
+    struct index *ix = new_index(0);
+    const char *key = "hello";
+    uint64_t h = hash_of(key, 5);
+    struct index_loc a = {.seg = 1, .off = 100, .vlen = 5, .seq = 10};
+    struct index_loc b = {.seg = 2, .off = 200, .vlen = 6, .seq = 11};
+    struct index_loc got, old;
+    bool had_old = true;
+
+    CU_ASSERT(!index_get(ix, h, key, 5, &got));
+    CU_ASSERT(index_put(ix, h, key, 5, &a, &old, &had_old) == 0);
+    CU_ASSERT(!had_old);
+    CU_ASSERT(index_get(ix, h, key, 5, &got) && loc_eq(&got, &a));
+    CU_ASSERT(index_count(ix) == 1);
+    CU_ASSERT(index_key_bytes(ix) == 5);
+
+    CU_ASSERT(index_put(ix, h, key, 5, &b, &old, &had_old) == 0);
+    CU_ASSERT(had_old);
+    CU_ASSERT(loc_eq(&old, &a));
+    CU_ASSERT(index_get(ix, h, key, 5, &got) && loc_eq(&got, &b));
+    CU_ASSERT(index_count(ix) == 1);
+    CU_ASSERT(index_key_bytes(ix) == 5);
+
+    /* A prefix of the key is another key. */
+    CU_ASSERT(!index_get(ix, hash_of(key, 4), key, 4, &got));
+
+    CU_ASSERT(index_del(ix, h, key, 5, &old));
+    CU_ASSERT(loc_eq(&old, &b));
+    CU_ASSERT(!index_get(ix, h, key, 5, &got));
+    CU_ASSERT(!index_del(ix, h, key, 5, NULL));
+    CU_ASSERT(index_count(ix) == 0);
+    CU_ASSERT(index_key_bytes(ix) == 0);
+    index_free(ix);
+    index_free(NULL);
+}
+
+static void test_index_seq_keeps_low_48_bits(void)
+{
+    struct index *ix = new_index(0);
+    struct index_loc loc = {.seg = UINT32_MAX,
+                            .off = UINT32_MAX,
+                            .vlen = UINT32_MAX,
+                            .seq = UINT64_C(0xABCD123456789ABC)};
+    struct index_loc got;
+
+    CU_ASSERT(index_put(ix, hash_of("k", 1), "k", 1, &loc, NULL, NULL) == 0);
+    CU_ASSERT(index_get(ix, hash_of("k", 1), "k", 1, &got));
+    CU_ASSERT(got.seg == UINT32_MAX && got.off == UINT32_MAX && got.vlen == UINT32_MAX);
+    CU_ASSERT(got.seq == UINT64_C(0x123456789ABC));
+    index_free(ix);
+}
+
+static void test_index_binary_keys_with_nul_and_empty_key(void)
+{
+    struct index *ix = new_index(0);
+    static const unsigned char k1[] = {'a', 0, 'b'};
+    static const unsigned char k2[] = {'a', 0, 'c'};
+    static const unsigned char k3[] = {'a', 0};
+    struct index_loc l1 = loc_for(1), l2 = loc_for(2), l3 = loc_for(3), l4 = loc_for(4);
+    struct index_loc got;
+
+    CU_ASSERT(index_put(ix, hash_of(k1, 3), k1, 3, &l1, NULL, NULL) == 0);
+    CU_ASSERT(index_put(ix, hash_of(k2, 3), k2, 3, &l2, NULL, NULL) == 0);
+    CU_ASSERT(index_put(ix, hash_of(k3, 2), k3, 2, &l3, NULL, NULL) == 0);
+    CU_ASSERT(index_put(ix, hash_of("", 0), NULL, 0, &l4, NULL, NULL) == 0);
+    CU_ASSERT(index_count(ix) == 4);
+    CU_ASSERT(index_key_bytes(ix) == 8);
+
+    CU_ASSERT(index_get(ix, hash_of(k1, 3), k1, 3, &got) && loc_eq(&got, &l1));
+    CU_ASSERT(index_get(ix, hash_of(k2, 3), k2, 3, &got) && loc_eq(&got, &l2));
+    CU_ASSERT(index_get(ix, hash_of(k3, 2), k3, 2, &got) && loc_eq(&got, &l3));
+    CU_ASSERT(index_get(ix, hash_of("", 0), "", 0, &got) && loc_eq(&got, &l4));
+    /* "a" alone was never put, even though "a\0" was. */
+    CU_ASSERT(!index_get(ix, hash_of("a", 1), "a", 1, &got));
+
+    CU_ASSERT(index_del(ix, hash_of("", 0), "", 0, NULL));
+    CU_ASSERT(!index_get(ix, hash_of("", 0), NULL, 0, &got));
+    CU_ASSERT(index_get(ix, hash_of(k1, 3), k1, 3, &got) && loc_eq(&got, &l1));
+    index_free(ix);
+}
+
+static void test_index_colliding_hashes_stay_distinct(void)
+{
+    struct index *ix = new_index(0);
+    const uint64_t h = 0x1234567890ABCDEFULL;
+    const int n = 2000;
+    unsigned char key[KLEN];
+    struct index_loc got;
+    int ok = 0;
+
+    /* Every key gets the same hash: the table must fall back on comparing key bytes, and
+     * must keep working as the shared probe chain grows through several resizes. */
+    for (int i = 0; i < n; i++) {
+        struct index_loc loc = loc_for((uint64_t)i);
+
+        make_key((uint64_t)i, key);
+        CU_ASSERT(index_put(ix, h, key, KLEN, &loc, NULL, NULL) == 0);
+    }
+    CU_ASSERT(index_count(ix) == (uint64_t)n);
+    for (int i = 0; i < n; i += 2) {
+        make_key((uint64_t)i, key);
+        CU_ASSERT(index_del(ix, h, key, KLEN, NULL));
+    }
+    for (int i = 0; i < n; i++) {
+        struct index_loc want = loc_for((uint64_t)i);
+        bool found;
+
+        make_key((uint64_t)i, key);
+        found = index_get(ix, h, key, KLEN, &got);
+        if (i % 2 == 0 ? !found : (found && loc_eq(&got, &want)))
+            ok++;
+    }
+    CU_ASSERT(ok == n);
+    CU_ASSERT(index_count(ix) == (uint64_t)n / 2);
+    index_free(ix);
+}
+
+static void test_index_replace_if_only_when_location_matches(void)
+{
+    struct index *ix = new_index(0);
+    uint64_t h = hash_of("key", 3);
+    struct index_loc a = {.seg = 3, .off = 64, .vlen = 10, .seq = 5};
+    struct index_loc moved = {.seg = 9, .off = 0, .vlen = 10, .seq = 5};
+    struct index_loc newer = {.seg = 4, .off = 128, .vlen = 11, .seq = 6};
+    struct index_loc wrong_off = {.seg = 3, .off = 65, .vlen = 10, .seq = 5};
+    struct index_loc got;
+
+    CU_ASSERT(!index_replace_if(ix, h, "key", 3, &a, &moved));
+    CU_ASSERT(index_put(ix, h, "key", 3, &a, NULL, NULL) == 0);
+    CU_ASSERT(!index_replace_if(ix, h, "key", 3, &wrong_off, &moved));
+    CU_ASSERT(index_get(ix, h, "key", 3, &got) && loc_eq(&got, &a));
+
+    CU_ASSERT(index_replace_if(ix, h, "key", 3, &a, &moved));
+    CU_ASSERT(index_get(ix, h, "key", 3, &got) && loc_eq(&got, &moved));
+
+    /* A write that lands after compaction copied the record wins over the copy. */
+    CU_ASSERT(index_put(ix, h, "key", 3, &newer, NULL, NULL) == 0);
+    CU_ASSERT(!index_replace_if(ix, h, "key", 3, &moved, &a));
+    CU_ASSERT(index_get(ix, h, "key", 3, &got) && loc_eq(&got, &newer));
+    index_free(ix);
+}
+
+static void test_index_million_keys_insert_delete_half_reinsert(void)
+{
+    const uint64_t n = 1000000;
+    struct index *ix = new_index(0);
+    uint64_t bad = 0;
+
+    for (uint64_t i = 0; i < n; i++)
+        bad += put_id(ix, i) != 0;
+    CU_ASSERT(bad == 0);
+    CU_ASSERT(index_count(ix) == n);
+    CU_ASSERT(index_key_bytes(ix) == n * KLEN);
+    for (uint64_t i = 0; i < n; i++)
+        bad += !has_id(ix, i);
+    CU_ASSERT(bad == 0);
+
+    for (uint64_t i = 0; i < n; i += 2)
+        bad += !del_id(ix, i);
+    CU_ASSERT(bad == 0);
+    CU_ASSERT(index_count(ix) == n / 2);
+    for (uint64_t i = 0; i < n; i++)
+        bad += has_id(ix, i) != (i % 2 == 1);
+    CU_ASSERT(bad == 0);
+
+    for (uint64_t i = 0; i < n; i += 2)
+        bad += put_id(ix, i) != 0;
+    CU_ASSERT(bad == 0);
+    CU_ASSERT(index_count(ix) == n);
+    for (uint64_t i = 0; i < n; i++)
+        bad += !has_id(ix, i);
+    CU_ASSERT(bad == 0);
+    /* Keys never inserted are absent. */
+    for (uint64_t i = n; i < n + 1000; i++)
+        bad += has_id(ix, i);
+    CU_ASSERT(bad == 0);
+    index_free(ix);
+}
+
+static void test_index_churn_keeps_memory_bounded(void)
+{
+    enum { LIVE = 10000, OPS = 1000000 };
+    struct index *ix = new_index(0);
+    uint64_t *ids = malloc(LIVE * sizeof(*ids));
+    uint64_t state = 42;
+    uint64_t next = 0;
+    uint64_t bad = 0;
+    size_t base, peak = 0;
+
+    CU_ASSERT_FATAL(ids != NULL);
+    for (int i = 0; i < LIVE; i++) {
+        ids[i] = next++;
+        bad += put_id(ix, ids[i]) != 0;
+    }
+    base = index_memory(ix);
+    /* Each step replaces a random live key with a new one: a million deletions leave a
+     * million holes in the arena and a million vacated slots in the table. */
+    for (int op = 0; op < OPS; op++) {
+        uint64_t j = tutil_rand(&state) % LIVE;
+        size_t mem;
+
+        bad += !del_id(ix, ids[j]);
+        ids[j] = next++;
+        bad += put_id(ix, ids[j]) != 0;
+        mem = index_memory(ix);
+        if (mem > peak)
+            peak = mem;
+    }
+    CU_ASSERT(bad == 0);
+    CU_ASSERT(index_count(ix) == LIVE);
+    for (int i = 0; i < LIVE; i++)
+        bad += !has_id(ix, ids[i]);
+    for (uint64_t id = 0; id < 1000; id++) {
+        bool live = false;
+
+        for (int i = 0; i < LIVE && !live; i++)
+            live = ids[i] == id;
+        bad += has_id(ix, id) != live;
+    }
+    CU_ASSERT(bad == 0);
+    printf("\n    churn: %d live keys, memory after fill %zu, peak over %d ops %zu\n", LIVE, base,
+           OPS, peak);
+    /* Holes are compacted once they outweigh live records, so memory stays within a small
+     * factor of a freshly filled index, however long the churn runs. */
+    CU_ASSERT(peak <= 4 * base);
+    free(ids);
+    index_free(ix);
+}
+
+struct scan_seen {
+    unsigned char *seen; /* count of visits per id below limit */
+    uint64_t limit;
+    uint64_t visits;
+};
+
+static void scan_count(void *ctx, const void *key, size_t klen, const struct index_loc *loc)
+{
+    struct scan_seen *s = ctx;
+    unsigned char want[KLEN];
+    /* loc_for(id) has seq = id + 1, which names the key without a reverse lookup. */
+    uint64_t id = loc->seq - 1;
+
+    s->visits++;
+    if (id >= s->limit || klen != KLEN)
+        return;
+    make_key(id, want);
+    if (memcmp(key, want, KLEN) == 0 && s->seen[id] < 255)
+        s->seen[id]++;
+}
+
+static void test_index_scan_visits_each_key_once_when_unchanged(void)
+{
+    const uint64_t n = 5000;
+    struct index *ix = new_index(0);
+    struct scan_seen s = {.seen = calloc(n, 1), .limit = n};
+    uint64_t cursor = 0;
+    uint64_t once = 0;
+    int calls = 0;
+
+    CU_ASSERT_FATAL(s.seen != NULL);
+    for (uint64_t i = 0; i < n; i++)
+        CU_ASSERT(put_id(ix, i) == 0);
+    do {
+        cursor = index_scan(ix, cursor, 10, scan_count, &s);
+        calls++;
+    } while (cursor != 0);
+    for (uint64_t i = 0; i < n; i++)
+        once += s.seen[i] == 1;
+    CU_ASSERT(once == n);
+    CU_ASSERT(s.visits == n);
+    CU_ASSERT(calls > 1);
+    free(s.seen);
+    index_free(ix);
+}
+
+static void test_index_scan_misses_nothing_when_table_grows_midway(void)
+{
+    const uint64_t n = 2000;
+    const uint64_t extra = 200000;
+    struct index *ix = new_index(0);
+    struct scan_seen s = {.seen = calloc(n, 1), .limit = n};
+    uint64_t cursor = 0;
+    uint64_t missing = 0;
+
+    CU_ASSERT_FATAL(s.seen != NULL);
+    for (uint64_t i = 0; i < n; i++)
+        CU_ASSERT(put_id(ix, i) == 0);
+    /* A few calls into the scan, the table doubles several times. */
+    for (int i = 0; i < 20 && (i == 0 || cursor != 0); i++)
+        cursor = index_scan(ix, cursor, 10, scan_count, &s);
+    CU_ASSERT_FATAL(cursor != 0);
+    for (uint64_t i = n; i < n + extra; i++)
+        CU_ASSERT(put_id(ix, i) == 0);
+    while (cursor != 0)
+        cursor = index_scan(ix, cursor, 100, scan_count, &s);
+    for (uint64_t i = 0; i < n; i++)
+        missing += s.seen[i] == 0;
+    CU_ASSERT(missing == 0);
+    free(s.seen);
+    index_free(ix);
+}
+
+static void test_index_scan_misses_nothing_when_table_shrinks_midway(void)
+{
+    const uint64_t n = 2000;
+    const uint64_t extra = 200000;
+    struct index *ix = new_index(0);
+    struct scan_seen s = {.seen = calloc(n, 1), .limit = n};
+    uint64_t cursor = 0;
+    uint64_t missing = 0;
+    size_t before;
+
+    CU_ASSERT_FATAL(s.seen != NULL);
+    for (uint64_t i = 0; i < n + extra; i++)
+        CU_ASSERT(put_id(ix, i) == 0);
+    for (int i = 0; i < 2000 && (i == 0 || cursor != 0); i++)
+        cursor = index_scan(ix, cursor, 10, scan_count, &s);
+    CU_ASSERT_FATAL(cursor != 0);
+    /* Deleting the extra keys shrinks the table (and compacts the arena) mid-scan. */
+    before = index_memory(ix);
+    for (uint64_t i = n; i < n + extra; i++)
+        CU_ASSERT(del_id(ix, i));
+    CU_ASSERT(index_memory(ix) < before / 4);
+    while (cursor != 0)
+        cursor = index_scan(ix, cursor, 10, scan_count, &s);
+    for (uint64_t i = 0; i < n; i++)
+        missing += s.seen[i] == 0;
+    CU_ASSERT(missing == 0);
+    free(s.seen);
+    index_free(ix);
+}
+
+static void test_index_clear_removes_everything_and_stays_usable(void)
+{
+    struct index *ix = new_index(0);
+    size_t empty = index_memory(ix);
+    struct scan_seen s = {.seen = calloc(1, 1), .limit = 0};
+
+    CU_ASSERT_FATAL(s.seen != NULL);
+    for (uint64_t i = 0; i < 50000; i++)
+        CU_ASSERT(put_id(ix, i) == 0);
+    index_clear(ix);
+    CU_ASSERT(index_count(ix) == 0);
+    CU_ASSERT(index_key_bytes(ix) == 0);
+    CU_ASSERT(index_memory(ix) <= empty);
+    CU_ASSERT(!has_id(ix, 7));
+    CU_ASSERT(index_scan(ix, 0, 100, scan_count, &s) == 0);
+    CU_ASSERT(s.visits == 0);
+
+    for (uint64_t i = 0; i < 1000; i++)
+        CU_ASSERT(put_id(ix, i) == 0);
+    CU_ASSERT(index_count(ix) == 1000);
+    CU_ASSERT(has_id(ix, 999));
+    CU_ASSERT(!del_id(ix, 1000));
+    free(s.seen);
+    index_free(ix);
+}
+
+static void test_index_large_keys_up_to_64k_and_beyond(void)
+{
+    struct index *ix = new_index(0);
+    const size_t sizes[] = {65535, 65536, 65537, 200000, 1 << 20};
+    enum { NSIZES = sizeof(sizes) / sizeof(sizes[0]), PER = 40 };
+    unsigned char *key = malloc(1 << 20);
+    uint64_t state = 7;
+    uint64_t bad = 0;
+    struct index_loc got;
+
+    CU_ASSERT_FATAL(key != NULL);
+    tutil_fill(&state, key, 1 << 20);
+    /* Keys differ in their first byte; the rest is shared, so compares run the full length. */
+    for (int round = 0; round < 2; round++) {
+        for (size_t s = 0; s < NSIZES; s++) {
+            for (int i = 0; i < PER; i++) {
+                struct index_loc loc = loc_for(s * PER + (size_t)i);
+
+                key[0] = (unsigned char)i;
+                bad += index_put(ix, hash_of(key, sizes[s]), key, sizes[s], &loc, NULL, NULL) != 0;
+            }
+        }
+        CU_ASSERT(index_count(ix) == NSIZES * PER);
+        for (size_t s = 0; s < NSIZES; s++) {
+            for (int i = 0; i < PER; i++) {
+                struct index_loc want = loc_for(s * PER + (size_t)i);
+
+                key[0] = (unsigned char)i;
+                bad += !index_get(ix, hash_of(key, sizes[s]), key, sizes[s], &got);
+                bad += !loc_eq(&got, &want);
+            }
+        }
+        /* Removing everything exercises compaction with both shared and own-block records. */
+        for (size_t s = 0; s < NSIZES; s++) {
+            for (int i = 0; i < PER; i++) {
+                key[0] = (unsigned char)i;
+                bad += !index_del(ix, hash_of(key, sizes[s]), key, sizes[s], NULL);
+            }
+        }
+        CU_ASSERT(index_count(ix) == 0);
+    }
+    CU_ASSERT(bad == 0);
+    {
+        struct index_loc loc = loc_for(1);
+
+        /* Longer than INDEX_KEY_MAX: refused before the key bytes are read. */
+        CU_ASSERT(index_put(ix, 1, key, (size_t)INDEX_KEY_MAX + 1, &loc, NULL, NULL) == -E2BIG);
+        CU_ASSERT(!index_get(ix, 1, key, (size_t)INDEX_KEY_MAX + 1, &got));
+    }
+    free(key);
+    index_free(ix);
+}
+
+static void test_index_compacts_arena_after_mass_deletion(void)
+{
+    const uint64_t n = 200000;
+    struct index *ix = new_index(0);
+    size_t full;
+    uint64_t bad = 0;
+
+    for (uint64_t i = 0; i < n; i++)
+        bad += put_id(ix, i) != 0;
+    full = index_memory(ix);
+    /* Keep every tenth key: the arena must give back most of its chunks. */
+    for (uint64_t i = 0; i < n; i++) {
+        if (i % 10 != 0)
+            bad += !del_id(ix, i);
+    }
+    CU_ASSERT(index_memory(ix) < full / 3);
+    for (uint64_t i = 0; i < n; i++)
+        bad += has_id(ix, i) != (i % 10 == 0);
+    for (uint64_t i = n; i < 2 * n; i++)
+        bad += put_id(ix, i) != 0;
+    for (uint64_t i = 0; i < 2 * n; i++)
+        bad += has_id(ix, i) != (i >= n || i % 10 == 0);
+    CU_ASSERT(bad == 0);
+    index_free(ix);
+}
+
+static void test_index_bytes_per_key_within_32_for_1m_16_byte_keys(void)
+{
+    const uint64_t n = 1000000;
+    struct index *ix = new_index(0);
+    uint64_t bad = 0;
+    double per_key;
+
+    for (uint64_t i = 0; i < n; i++)
+        bad += put_id(ix, i) != 0;
+    CU_ASSERT(bad == 0);
+    per_key = (double)(index_memory(ix) - index_key_bytes(ix)) / (double)index_count(ix);
+    printf("\n    index: %llu keys of %d bytes, %zu bytes held, %.2f bytes/key beyond the key\n",
+           (unsigned long long)index_count(ix), KLEN, index_memory(ix), per_key);
+    /* The bound documented at the top of engine/index.c. */
+    CU_ASSERT(per_key <= 32.0);
+    index_free(ix);
+}
+
+void test_index_register(void);
+
+void test_index_register(void)
+{
+    CU_pSuite s = CU_add_suite("index", NULL, NULL);
+
+    if (s == NULL)
+        return;
+    CU_add_test(s, "put_replaces_and_reports_old", test_index_put_replaces_and_reports_old);
+    CU_add_test(s, "seq_keeps_low_48_bits", test_index_seq_keeps_low_48_bits);
+    CU_add_test(s, "binary_keys_with_nul_and_empty_key",
+                test_index_binary_keys_with_nul_and_empty_key);
+    CU_add_test(s, "colliding_hashes_stay_distinct", test_index_colliding_hashes_stay_distinct);
+    CU_add_test(s, "replace_if_only_when_location_matches",
+                test_index_replace_if_only_when_location_matches);
+    CU_add_test(s, "million_keys_insert_delete_half_reinsert",
+                test_index_million_keys_insert_delete_half_reinsert);
+    CU_add_test(s, "churn_keeps_memory_bounded", test_index_churn_keeps_memory_bounded);
+    CU_add_test(s, "scan_visits_each_key_once_when_unchanged",
+                test_index_scan_visits_each_key_once_when_unchanged);
+    CU_add_test(s, "scan_misses_nothing_when_table_grows_midway",
+                test_index_scan_misses_nothing_when_table_grows_midway);
+    CU_add_test(s, "scan_misses_nothing_when_table_shrinks_midway",
+                test_index_scan_misses_nothing_when_table_shrinks_midway);
+    CU_add_test(s, "clear_removes_everything_and_stays_usable",
+                test_index_clear_removes_everything_and_stays_usable);
+    CU_add_test(s, "large_keys_up_to_64k_and_beyond", test_index_large_keys_up_to_64k_and_beyond);
+    CU_add_test(s, "compacts_arena_after_mass_deletion",
+                test_index_compacts_arena_after_mass_deletion);
+    CU_add_test(s, "bytes_per_key_within_32_for_1m_16_byte_keys",
+                test_index_bytes_per_key_within_32_for_1m_16_byte_keys);
+}
