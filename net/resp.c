@@ -384,12 +384,13 @@ static enum len_result parse_len(const char *p, size_t avail, size_t max, bool a
         return LEN_MORE;
     if (p[0] == '-') {
         static const char null_hdr[] = "-1\r\n";
-        size_t n = avail < 4 ? avail : 4;
 
-        if (!allow_null || memcmp(p, null_hdr, n) != 0)
+        if (!allow_null)
             return LEN_BAD;
-        if (n < 4)
-            return LEN_MORE;
+        if (avail < 4)
+            return memcmp(p, null_hdr, avail) == 0 ? LEN_MORE : LEN_BAD;
+        if (memcmp(p, null_hdr, 4) != 0)
+            return LEN_BAD;
         *val = 0;
         *is_null = true;
         *used = 4;
