@@ -597,7 +597,7 @@ bool index_del(struct index *ix, uint64_t hash, const void *key, size_t klen, st
 {
     uint64_t pos;
     unsigned char *p;
-    uint64_t slots;
+    uint64_t slots, dead;
 
     if (klen > INDEX_KEY_MAX || !find(ix, (uint32_t)hash, key, klen, &pos))
         return false;
@@ -610,11 +610,12 @@ bool index_del(struct index *ix, uint64_t hash, const void *key, size_t klen, st
     ix->key_bytes -= klen;
     table_erase(ix, pos);
 
-    /* Compact once the holes outweigh the live records: the copy costs at most what the
-     * deletions since the last one freed, so it is amortised O(1) per deletion. A chunk's
-     * worth of holes is the least worth the trouble. */
-    if (ix->used_bytes - ix->live_bytes > ix->live_bytes &&
-        ix->used_bytes - ix->live_bytes >= CHUNK_SIZE)
+    /* Compact once the holes outweigh the live records and the table: compaction copies
+     * the live records and refills the table, so it then costs no more than the bytes the
+     * deletions since the last one freed, amortised O(1) per deletion even when a big
+     * preallocated table holds few keys. Holes stay below max(live, table, one chunk). */
+    dead = ix->used_bytes - ix->live_bytes;
+    if (dead > ix->live_bytes && dead >= CHUNK_SIZE && dead >= (ix->mask + 1) * sizeof(*ix->slots))
         arena_compact(ix);
     slots = ix->mask + 1;
     if (slots > ix->min_slots && ix->count < slots / 8) {

@@ -5,6 +5,7 @@
  * documented bytes-per-key bound. Keys come from tutil_rand so every run sees the same data.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,54 +265,82 @@ static void test_index_million_keys_insert_delete_half_reinsert(void)
     index_free(ix);
 }
 
-static void test_index_churn_keeps_memory_bounded(void)
+/* churn - fill an index made for `expected` keys with `live` keys, then replace a random one
+ * `ops` times; checks the keys and returns the memory after the fill and at its peak. */
+static void churn(size_t expected, int live, int ops, size_t *base, size_t *peak)
 {
-    enum { LIVE = 10000, OPS = 1000000 };
-    struct index *ix = new_index(0);
-    uint64_t *ids = malloc(LIVE * sizeof(*ids));
+    struct index *ix = new_index(expected);
+    uint64_t *ids = malloc((size_t)live * sizeof(*ids));
     uint64_t state = 42;
     uint64_t next = 0;
     uint64_t bad = 0;
-    size_t base, peak = 0;
 
     CU_ASSERT_FATAL(ids != NULL);
-    for (int i = 0; i < LIVE; i++) {
+    for (int i = 0; i < live; i++) {
         ids[i] = next++;
         bad += put_id(ix, ids[i]) != 0;
     }
-    base = index_memory(ix);
-    /* Each step replaces a random live key with a new one: a million deletions leave a
-     * million holes in the arena and a million vacated slots in the table. */
-    for (int op = 0; op < OPS; op++) {
-        uint64_t j = tutil_rand(&state) % LIVE;
+    *base = index_memory(ix);
+    *peak = 0;
+    /* Each step replaces a random live key with a new one: every deletion leaves a hole in
+     * the arena and a vacated slot in the table. */
+    for (int op = 0; op < ops; op++) {
+        uint64_t j = tutil_rand(&state) % (uint64_t)live;
         size_t mem;
 
         bad += !del_id(ix, ids[j]);
         ids[j] = next++;
         bad += put_id(ix, ids[j]) != 0;
         mem = index_memory(ix);
-        if (mem > peak)
-            peak = mem;
+        if (mem > *peak)
+            *peak = mem;
     }
     CU_ASSERT(bad == 0);
-    CU_ASSERT(index_count(ix) == LIVE);
-    for (int i = 0; i < LIVE; i++)
+    CU_ASSERT(index_count(ix) == (uint64_t)live);
+    for (int i = 0; i < live; i++)
         bad += !has_id(ix, ids[i]);
     for (uint64_t id = 0; id < 1000; id++) {
-        bool live = false;
+        bool present = false;
 
-        for (int i = 0; i < LIVE && !live; i++)
-            live = ids[i] == id;
-        bad += has_id(ix, id) != live;
+        for (int i = 0; i < live && !present; i++)
+            present = ids[i] == id;
+        bad += has_id(ix, id) != present;
     }
     CU_ASSERT(bad == 0);
-    printf("\n    churn: %d live keys, memory after fill %zu, peak over %d ops %zu\n", LIVE, base,
-           OPS, peak);
-    /* Holes are compacted once they outweigh live records, so memory stays within a small
-     * factor of a freshly filled index, however long the churn runs. */
-    CU_ASSERT(peak <= 4 * base);
     free(ids);
     index_free(ix);
+}
+
+static void test_index_churn_keeps_memory_bounded(void)
+{
+    size_t base, peak;
+
+    churn(0, 10000, 1000000, &base, &peak);
+    printf("\n    churn: 10000 live keys, memory after fill %zu, peak over 1M replacements %zu\n",
+           base, peak);
+    /* Holes are compacted once they outweigh the live records, so memory stays within a
+     * small factor of a freshly filled index however long the churn runs. */
+    CU_ASSERT(peak <= 4 * base);
+}
+
+static void test_index_churn_in_presized_table_keeps_memory_bounded(void)
+{
+    size_t base, peak;
+
+    /* A table made for 1M keys holding 1000: holes may grow to the table's size before
+     * compaction (that keeps compaction amortised), but no further. */
+    churn(1000000, 1000, 500000, &base, &peak);
+    printf("\n    churn: 1000 live keys in a table for 1M, memory after fill %zu, peak %zu\n", base,
+           peak);
+    CU_ASSERT(peak <= 2 * base + (1 << 20));
+}
+
+static void test_index_new_refuses_impossible_sizes(void)
+{
+    struct index *ix = NULL;
+
+    CU_ASSERT(index_new(SIZE_MAX, &ix) == -ENOMEM);
+    CU_ASSERT(ix == NULL);
 }
 
 struct scan_seen {
@@ -558,6 +587,9 @@ void test_index_register(void)
     CU_add_test(s, "million_keys_insert_delete_half_reinsert",
                 test_index_million_keys_insert_delete_half_reinsert);
     CU_add_test(s, "churn_keeps_memory_bounded", test_index_churn_keeps_memory_bounded);
+    CU_add_test(s, "churn_in_presized_table_keeps_memory_bounded",
+                test_index_churn_in_presized_table_keeps_memory_bounded);
+    CU_add_test(s, "new_refuses_impossible_sizes", test_index_new_refuses_impossible_sizes);
     CU_add_test(s, "scan_visits_each_key_once_when_unchanged",
                 test_index_scan_visits_each_key_once_when_unchanged);
     CU_add_test(s, "scan_misses_nothing_when_table_grows_midway",
