@@ -164,6 +164,7 @@ struct kvs_engine_stats {
     uint64_t recovered_torn_bytes;  /* bytes cut off the newest segment at open */
     uint64_t salvage_dropped_bytes; /* bytes skipped by salvage at open */
     uint64_t next_seq;              /* sequence number the next record gets */
+    uint64_t hint_files_used;       /* segments loaded from their hint file at open */
 };
 
 /* kvs_engine_stats - fill *st. Never fails. */

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal definition of the engine object shared by store.c (open/close, writes, reads,
+ * group commit, fsync policy), recover.c (recovery at open) and compact.c (merge). Nothing
+ * outside engine/ includes this; the public contract is kvs/engine.h.
+ */
+#ifndef KVS_ENGINE_STORE_H
+#define KVS_ENGINE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvs/engine.h"
+#include "kvs/ring.h"
+#include "index.h"
+#include "record.h"
+
+/* A byte range of a segment that salvage skipped: compaction must skip it too. */
+struct bad_range {
+    uint64_t start, end;
+};
+
+/* One segment file. Immutable once it is no longer the active segment. */
+struct seg {
+    uint32_t id;
+    int fd;
+    uint64_t size;         /* logical size: bytes on disk plus bytes queued in chunks */
+    uint64_t live;         /* bytes of records the index points at */
+    uint64_t min_seq;      /* smallest record seq in the segment, UINT64_MAX when none */
+    unsigned refs;         /* in-flight reads, hint writes, compaction use: fd must stay open */
+    unsigned pending;      /* queued or in-flight write chunks targeting this segment */
+    bool hint_busy;        /* its hint file is being written */
+    bool has_hint;         /* a valid hint file exists (or is being written) */
+    bool dirsync;          /* created since the directory was last fsync'ed */
+    bool unsynced;         /* written since its last fdatasync */
+    struct hint_buf *hint; /* entries of a rotated segment, waiting for its last write */
+    struct bad_range *bad; /* salvage-skipped ranges, sorted */
+    size_t nbad;
+    struct seg *next_doomed; /* on the engine's doomed list after compaction removed it */
+};
+
+struct waiter {
+    kvs_engine_done_fn done;
+    void *ctx;
+};
+
+/* A run of records queued for one write at the end of a segment (one group-commit batch). */
+struct chunk {
+    struct kvs_engine *e;
+    struct chunk *next;
+    struct seg *seg;
+    uint64_t off; /* file offset of data[0] */
+    uint8_t *data;
+    size_t len, cap, written;
+    int buf_index;    /* registered buffer index, or -1: written with a plain write */
+    struct wbuf *wb;  /* the engine write buffer holding data, or NULL (heap) */
+    struct waiter *w; /* completions to fire once written (and synced) */
+    size_t nw, capw;
+    uint32_t nrec;
+    int pending; /* CQEs outstanding for the current submission */
+    int wres, sres, dres;
+    bool sealed, sync, dsync;
+};
+
+/* A registered write buffer. */
+struct wbuf {
+    uint8_t *mem;
+    size_t cap;
+    int index; /* fixed-buffer index or -1 when registration failed */
+    bool busy;
+};
+
+struct compaction;
+
+struct kvs_engine {
+    struct kvs_ring *ring;
+    bool own_ring;
+    struct kvs_engine_options opt;
+    char *dir;
+    int dirfd, lockfd;
+    struct index *ix;
+
+    struct seg **segs; /* sorted by id */
+    size_t nsegs, capsegs;
+    struct seg *active;
+    struct hint_buf ahint; /* hint entries of the active segment */
+    struct seg *doomed;    /* removed segments whose fd is still referenced */
+    uint32_t next_id;
+    uint64_t next_seq;
+
+    struct chunk *chead, *ctail;
+    struct wbuf wbufs[2];
+    bool writing;      /* a chunk write is in flight */
+    unsigned inflight; /* reads, hint writes, syncs in flight (not the timer) */
+
+    bool timer_armed, dirty, syncing, dir_dirty;
+    int timer_op;
+
+    bool failed, closing;
+    uint8_t *getbuf;
+    size_t getcap;
+    struct compaction *cp;
+    struct kvs_engine_stats st;
+};
+
+/* store.c */
+struct seg *store_seg_find(const struct kvs_engine *e, uint32_t id);
+int store_seg_insert(struct kvs_engine *e, struct seg *s);
+void store_seg_remove(struct kvs_engine *e, struct seg *s);
+struct seg *store_seg_new(uint32_t id, int fd, uint64_t size);
+void store_seg_unref(struct kvs_engine *e, struct seg *s);
+void store_seg_name(char *buf, size_t len, uint32_t id, const char *ext);
+void store_fail(struct kvs_engine *e, int err, const char *what);
+int store_write_hint(struct kvs_engine *e, struct seg *s);
+int store_rotate(struct kvs_engine *e);
+int store_ring_pread(struct kvs_engine *e, int fd, void *buf, size_t len, uint64_t off);
+void store_fsync_dir(struct kvs_engine *e);
+
+/* recover.c */
+int recover_open(struct kvs_engine *e, char *errbuf, size_t errlen);
+
+/* compact.c */
+int compact_start(struct kvs_engine *e, bool rotate, kvs_engine_done_fn done, void *ctx);
+void compact_maybe(struct kvs_engine *e);
+void compact_kick(struct kvs_engine *e);
+bool compact_busy(const struct kvs_engine *e);
+
+#endif
