@@ -237,7 +237,8 @@ static uint32_t slot_ref(const struct index *ix, uint32_t slot)
     return slot & ix->refmask;
 }
 
-/* find - the slot position of key, or false. */
+/* find - true and the slot position of key in *pos; or false and in *pos the empty slot that
+ * ended the search, which is where linear probing inserts the key. */
 static bool find(const struct index *ix, uint32_t h32, const void *key, size_t klen, uint64_t *pos)
 {
     uint64_t i = h32 & ix->mask;
@@ -257,6 +258,7 @@ static bool find(const struct index *ix, uint32_t h32, const void *key, size_t k
             return true;
         }
     }
+    *pos = i;
     return false;
 }
 
@@ -551,6 +553,7 @@ int index_put(struct index *ix, uint64_t hash, const void *key, size_t klen,
     uint32_t size, ref;
     unsigned char *p;
     unsigned n;
+    bool moved = false;
     int ret;
 
     if (klen > INDEX_KEY_MAX)
@@ -568,12 +571,14 @@ int index_put(struct index *ix, uint64_t hash, const void *key, size_t klen,
         ret = table_resize(ix, (ix->mask + 1) * 2);
         if (ret < 0)
             return ret;
+        moved = true;
     }
     size = REC_HDR + varint_len((uint64_t)klen << 1) + (uint32_t)klen;
     ret = arena_alloc(ix, size, &ref);
     if (ret < 0 && ix->used_bytes > ix->live_bytes) {
         /* Out of address space or memory: the holes may be enough. */
         arena_compact(ix);
+        moved = true;
         ret = arena_alloc(ix, size, &ref);
     }
     if (ret < 0)
@@ -584,7 +589,12 @@ int index_put(struct index *ix, uint64_t hash, const void *key, size_t klen,
     n = varint_put(p + REC_HDR, (uint64_t)klen << 1);
     if (klen > 0)
         memcpy(p + REC_HDR + n, key, klen);
-    table_place(ix, h32, ref);
+    /* Unless the table was rebuilt, the slot where find stopped is the place. Widening the
+     * refs re-encodes slots but never moves them. */
+    if (moved)
+        table_place(ix, h32, ref);
+    else
+        ix->slots[pos] = slot_make(ix, h32, ref);
     ix->count++;
     ix->key_bytes += klen;
     ix->live_bytes += size;

@@ -551,6 +551,187 @@ static void test_index_compacts_arena_after_mass_deletion(void)
     index_free(ix);
 }
 
+static void test_index_compaction_keeps_surviving_big_and_small_keys(void)
+{
+    enum { BIG = 40, SMALL = 100000, BIGLEN = 200000 };
+    struct index *ix = new_index(0);
+    unsigned char *key = malloc(BIGLEN);
+    uint64_t state = 11;
+    uint64_t bad = 0;
+    struct index_loc got;
+    size_t full;
+
+    CU_ASSERT_FATAL(key != NULL);
+    tutil_fill(&state, key, BIGLEN);
+    /* Big keys (blocks of their own) interleaved with small ones (shared chunks). */
+    for (uint64_t i = 0; i < SMALL; i++) {
+        bad += put_id(ix, i) != 0;
+        if (i % (SMALL / BIG) == 0) {
+            struct index_loc loc = loc_for(SMALL + i);
+
+            memcpy(key, &i, sizeof(i));
+            bad += index_put(ix, hash_of(key, BIGLEN), key, BIGLEN, &loc, NULL, NULL) != 0;
+        }
+    }
+    full = index_memory(ix);
+    /* Drop 3 big keys in 4 and 9 small keys in 10: the holes outweigh what is left. */
+    for (uint64_t i = 0; i < SMALL; i++) {
+        if (i % 10 != 0)
+            bad += !del_id(ix, i);
+        if (i % (SMALL / BIG) == 0 && i / (SMALL / BIG) % 4 != 0) {
+            memcpy(key, &i, sizeof(i));
+            bad += !index_del(ix, hash_of(key, BIGLEN), key, BIGLEN, NULL);
+        }
+    }
+    CU_ASSERT(index_memory(ix) < full / 2);
+    for (uint64_t i = 0; i < SMALL; i++) {
+        bad += has_id(ix, i) != (i % 10 == 0);
+        if (i % (SMALL / BIG) == 0) {
+            struct index_loc want = loc_for(SMALL + i);
+            bool keep = i / (SMALL / BIG) % 4 == 0;
+
+            memcpy(key, &i, sizeof(i));
+            bad += index_get(ix, hash_of(key, BIGLEN), key, BIGLEN, &got) != keep;
+            bad += keep && !loc_eq(&got, &want);
+        }
+    }
+    CU_ASSERT(bad == 0);
+    CU_ASSERT(index_count(ix) == SMALL / 10 + BIG / 4);
+    free(key);
+    index_free(ix);
+}
+
+/* Model test: keys of 0..299 bytes, hashes with only 16 random bits in the low half so that
+ * equal bucket bits, equal tags and equal stored hashes all happen. */
+enum { MODEL_IDS = 4000 };
+
+static size_t model_key(uint64_t id, unsigned char *key)
+{
+    uint64_t state = id * UINT64_C(0xD1B54A32D192ED03) + 1;
+    /* Ids below 8 have the short keys, one per length (the empty key included); longer
+     * keys start with their id, so no two ids share a key. */
+    size_t klen = id < 8 ? (size_t)id : (size_t)(8 + id % 292);
+
+    tutil_fill(&state, key, klen);
+    if (klen >= 8)
+        memcpy(key, &id, sizeof(id));
+    return klen;
+}
+
+static uint64_t model_hash(const unsigned char *key, size_t klen)
+{
+    return hash_of(key, klen) & UINT64_C(0xFFFFFFFF0000FFFF);
+}
+
+struct model_scan {
+    const bool *present;
+    unsigned *visits;
+    uint64_t stray;
+};
+
+static void model_visit(void *ctx, const void *key, size_t klen, const struct index_loc *loc)
+{
+    struct model_scan *m = ctx;
+    unsigned char want[300];
+    uint32_t id = loc->seg;
+
+    if (id >= MODEL_IDS || !m->present[id] || model_key(id, want) != klen ||
+        (klen > 0 && memcmp(want, key, klen) != 0)) {
+        m->stray++;
+        return;
+    }
+    m->visits[id]++;
+}
+
+/* model_check - every id agrees with the model, and a full scan sees each key exactly once. */
+static uint64_t model_check(const struct index *ix, const bool *present,
+                            const struct index_loc *model)
+{
+    unsigned char key[300];
+    unsigned *visits = calloc(MODEL_IDS, sizeof(*visits));
+    struct model_scan m = {.present = present, .visits = visits};
+    uint64_t bad = 0, count = 0, kbytes = 0, cursor = 0;
+    struct index_loc got;
+
+    CU_ASSERT_FATAL(visits != NULL);
+    for (uint64_t id = 0; id < MODEL_IDS; id++) {
+        size_t klen = model_key(id, key);
+        bool found = index_get(ix, model_hash(key, klen), key, klen, &got);
+
+        bad += found != present[id];
+        bad += found && !loc_eq(&got, &model[id]);
+        count += present[id];
+        kbytes += present[id] ? klen : 0;
+    }
+    bad += index_count(ix) != count;
+    bad += index_key_bytes(ix) != kbytes;
+    do {
+        cursor = index_scan(ix, cursor, 7, model_visit, &m);
+    } while (cursor != 0);
+    for (uint64_t id = 0; id < MODEL_IDS; id++)
+        bad += visits[id] != (present[id] ? 1u : 0u);
+    bad += m.stray;
+    free(visits);
+    return bad;
+}
+
+static void test_index_random_operations_agree_with_a_model(void)
+{
+    enum { OPS = 400000 };
+    struct index *ix = new_index(0);
+    bool *present = calloc(MODEL_IDS, sizeof(*present));
+    struct index_loc *model = calloc(MODEL_IDS, sizeof(*model));
+    unsigned char key[300];
+    uint64_t state = 2024;
+    uint64_t bad = 0;
+
+    CU_ASSERT_FATAL(present != NULL && model != NULL);
+    for (uint32_t op = 1; op <= OPS; op++) {
+        uint64_t r = tutil_rand(&state);
+        uint32_t id = (uint32_t)(r % MODEL_IDS);
+        unsigned kind = (unsigned)(r >> 40) % 10;
+        size_t klen = model_key(id, key);
+        uint64_t h = model_hash(key, klen);
+        struct index_loc loc = {.seg = id, .off = op, .vlen = op ^ id, .seq = op};
+        struct index_loc old;
+        bool had = false;
+
+        /* Phases: mostly puts, then mostly deletes, so the table grows, shrinks and the
+         * arena is compacted several times over. */
+        if ((op / 50000) % 2 == 1 && kind < 6)
+            kind = 5;
+        if (kind < 5) {
+            bad += index_put(ix, h, key, klen, &loc, &old, &had) != 0;
+            bad += had != present[id] || (had && !loc_eq(&old, &model[id]));
+            present[id] = true;
+            model[id] = loc;
+        } else if (kind < 8) {
+            bool found = index_del(ix, h, key, klen, &old);
+
+            bad += found != present[id] || (found && !loc_eq(&old, &model[id]));
+            present[id] = false;
+        } else if (kind == 8) {
+            struct index_loc expect = model[id];
+            bool right = (r & 1) != 0;
+
+            if (!right)
+                expect.off++;
+            bad += index_replace_if(ix, h, key, klen, &expect, &loc) != (present[id] && right);
+            if (present[id] && right)
+                model[id] = loc;
+        } else if (op % 100000 == 0) {
+            index_clear(ix);
+            memset(present, 0, MODEL_IDS * sizeof(*present));
+        }
+        if (op % 25000 == 0)
+            bad += model_check(ix, present, model);
+    }
+    CU_ASSERT(bad == 0);
+    free(present);
+    free(model);
+    index_free(ix);
+}
+
 static void test_index_bytes_per_key_within_32_for_1m_16_byte_keys(void)
 {
     const uint64_t n = 1000000;
@@ -601,6 +782,10 @@ void test_index_register(void)
     CU_add_test(s, "large_keys_up_to_64k_and_beyond", test_index_large_keys_up_to_64k_and_beyond);
     CU_add_test(s, "compacts_arena_after_mass_deletion",
                 test_index_compacts_arena_after_mass_deletion);
+    CU_add_test(s, "compaction_keeps_surviving_big_and_small_keys",
+                test_index_compaction_keeps_surviving_big_and_small_keys);
+    CU_add_test(s, "random_operations_agree_with_a_model",
+                test_index_random_operations_agree_with_a_model);
     CU_add_test(s, "bytes_per_key_within_32_for_1m_16_byte_keys",
                 test_index_bytes_per_key_within_32_for_1m_16_byte_keys);
 }
