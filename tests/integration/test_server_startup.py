@@ -1,0 +1,134 @@
+# SPDX-License-Identifier: MIT
+"""kvs-server start-up and data-directory rules: a second server on the same port or the same
+directory is refused, the recorded engine and shard count are enforced with instructions, a
+restart right after kill -9 rebinds the port at once, --max-clients refuses extra clients,
+and SIGTERM exits 0 with the data kept."""
+import os
+import signal
+import socket
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(__file__))
+from kvs_server_util import Server, free_port, run_server  # noqa: E402
+
+import redis  # noqa: E402
+
+
+def check(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+def test_second_server_same_port_refused():
+    with Server(args=["--shards", "2"]) as a:
+        a.start()
+        with tempfile.TemporaryDirectory() as d2:
+            rc, out = run_server(d2, a.port, ["--shards", "2"])
+            check(rc != 0, f"second server on port {a.port} must fail, got {rc}: {out}")
+            check("already in use" in out, f"expected an address-in-use message: {out}")
+        # The first server keeps serving.
+        r = redis.Redis(port=a.port)
+        check(r.ping(), "first server stopped answering")
+        check(a.stop() == 0, "first server did not exit 0")
+
+
+def test_second_server_same_dir_refused():
+    with Server(args=["--shards", "2"]) as a:
+        a.start()
+        rc, out = run_server(a.dir, free_port(), ["--shards", "2"])
+        check(rc != 0, f"second server on the same directory must fail: {out}")
+        check("in use by another kvs-server" in out, out)
+        check(a.stop() == 0, "first server did not exit 0")
+
+
+def test_engine_and_shards_recorded():
+    with Server(args=["--shards", "2"]) as a:
+        a.start()
+        redis.Redis(port=a.port).set("k", "v")
+        check(a.stop() == 0, "clean stop")
+        meta = open(os.path.join(a.dir, "kvs-server.meta")).read()
+        check("engine kvs" in meta and "shards 2" in meta, meta)
+
+        rc, out = run_server(a.dir, free_port(), ["--shards", "3"])
+        check(rc != 0, "a different shard count must be refused")
+        check("has 2 shards; start with --shards 2" in out, out)
+
+        rc, out = run_server(a.dir, free_port(), ["--engine", "lmdb"])
+        check(rc != 0 and "unknown engine" in out, out)
+
+        # A directory recorded with another engine is refused with a clear message.
+        with open(os.path.join(a.dir, "kvs-server.meta"), "w") as f:
+            f.write(meta.replace("engine kvs", "engine lmdb"))
+        rc, out = run_server(a.dir, free_port(), ["--shards", "2"])
+        check(rc != 0 and "created with engine 'lmdb'" in out, out)
+        with open(os.path.join(a.dir, "kvs-server.meta"), "w") as f:
+            f.write(meta)
+
+        # With the right options the data is all there.
+        a.args = ["--shards", "2"]
+        a.start()
+        check(redis.Redis(port=a.port).get("k") == b"v", "value lost")
+        check(a.stop() == 0, "clean stop")
+
+
+def test_restart_after_kill_rebinds_at_once():
+    with Server(args=["--shards", "2", "--fsync", "always"]) as a:
+        a.start()
+        conns = [redis.Redis(port=a.port) for _ in range(4)]
+        for i, c in enumerate(conns):
+            c.set(f"key{i}", f"val{i}")
+        a.stop(signal.SIGKILL)
+        a.start()  # same port, at once
+        c = redis.Redis(port=a.port)
+        for i in range(4):
+            check(c.get(f"key{i}") == f"val{i}".encode(), f"key{i} lost after kill -9")
+        check(a.stop() == 0, "clean stop")
+
+
+def test_max_clients_refused_with_error():
+    with Server(args=["--shards", "2", "--max-clients", "3"]) as a:
+        a.start()
+        held = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", a.port))
+            s.sendall(b"PING\r\n")
+            check(s.recv(64) == b"+PONG\r\n", "PING")
+            held.append(s)
+        s = socket.create_connection(("127.0.0.1", a.port))
+        s.settimeout(30)
+        data = b""
+        while True:
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            data += chunk
+        check(data == b"-ERR max number of clients reached\r\n", f"got {data!r}")
+        s.close()
+        held.pop().close()
+        # A slot is free again once the server has seen the close: retry boundedly.
+        ok = False
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", a.port))
+            s.sendall(b"PING\r\n")
+            if s.recv(64) == b"+PONG\r\n":
+                ok = True
+                s.close()
+                break
+            s.close()
+        check(ok, "a client slot was not released")
+        for s in held:
+            s.close()
+        check(a.stop() == 0, "clean stop")
+
+
+def main():
+    tests = [v for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
+    for t in tests:
+        print(f"== {t.__name__}", flush=True)
+        t()
+    print("all passed")
+
+
+if __name__ == "__main__":
+    main()
