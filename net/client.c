@@ -61,6 +61,7 @@ static int split_addr(const char *addr, char *host, size_t hostlen, char *port, 
 {
     const char *colon = strrchr(addr, ':');
     const char *h = addr;
+    long pnum = 0;
     size_t hl;
 
     if (colon == NULL || colon[1] == '\0' || strlen(colon + 1) >= portlen)
@@ -75,9 +76,15 @@ static int split_addr(const char *addr, char *host, size_t hostlen, char *port, 
     /* An unbracketed host with a colon is an IPv6 address whose port cannot be told apart. */
     if (h == addr && memchr(h, ':', hl) != NULL)
         return -EINVAL;
-    for (const char *p = colon + 1; *p != '\0'; p++)
+    for (const char *p = colon + 1; *p != '\0'; p++) {
         if (*p < '0' || *p > '9')
             return -EINVAL;
+        pnum = pnum * 10 + (*p - '0');
+        if (pnum > 65535)
+            return -EINVAL;
+    }
+    if (pnum == 0)
+        return -EINVAL;
     memcpy(host, h, hl);
     host[hl] = '\0';
     memcpy(port, colon + 1, strlen(colon + 1) + 1);
