@@ -135,8 +135,10 @@ void kvs_resp_request_reset(struct kvs_resp_request *req);
  * Returns:
  *   > 0        bytes consumed. If req->argc > 0, one complete request was parsed and
  *              req->argv[0 .. argc) are views into buf valid until the caller changes or frees
- *              those bytes. If req->argc == 0, the bytes were only empty lines and empty
- *              arrays ("*0\r\n", "*-1\r\n"), which Redis ignores: drop them and call again.
+ *              those bytes. If req->argc == 0, the bytes were one empty request (an empty
+ *              or blank line, "*0\r\n" or "*-1\r\n"), which Redis ignores without a reply:
+ *              drop them and call again. The count is a ssize_t because a request may pass
+ *              INT_MAX bytes when the limits allow it; do not narrow it to int.
  *   0          need more bytes: nothing consumed; req->need (> len) is the minimum length
  *              buf must reach before a new call can make progress. Once a bulk header "$N"
  *              has been read, need covers its whole data, so a caller receiving a large value
@@ -145,8 +147,9 @@ void kvs_resp_request_reset(struct kvs_resp_request *req);
  *              count needed (at most max_array_len). Nothing was consumed and buf was not
  *              written; give a larger array with kvs_resp_request_init() and call again.
  *   KVS_EPROTO the bytes break the protocol or a limit; req->err holds the Redis-worded
- *              message (e.g. "Protocol error: invalid bulk length"). The connection is not
- *              recoverable: reply with the error and close it.
+ *              message (e.g. "Protocol error: invalid bulk length"), valid until the next
+ *              call on req. The connection is not recoverable: reply with the error and close
+ *              it.
  *
  * buf is written to only for inline commands whose quoted arguments contain escapes or quotes:
  * they are unescaped in place, inside the bytes of that request, and only on a > 0 return.
