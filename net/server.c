@@ -421,7 +421,7 @@ static int alloc_shards(struct server *srv, const int *cpus, unsigned ncpus)
 {
     unsigned n = srv->nshards;
 
-    srv->shards = calloc(n, sizeof(*srv->shards));
+    srv->shards = calloc(n, sizeof(struct shard *));
     if (srv->shards == NULL)
         return -ENOMEM;
     for (unsigned i = 0; i < n; i++) {
@@ -440,7 +440,7 @@ static int alloc_shards(struct server *srv, const int *cpus, unsigned ncpus)
         sh->outbox = calloc(n, sizeof(*sh->outbox));
         sh->wake = calloc(n, sizeof(*sh->wake));
         sh->nlocks_mask = 1023;
-        sh->locks = calloc(sh->nlocks_mask + 1, sizeof(*sh->locks));
+        sh->locks = calloc(sh->nlocks_mask + 1, sizeof(struct keylock *));
         if (sh->inbox == NULL || sh->outbox == NULL || sh->wake == NULL || sh->locks == NULL)
             return -ENOMEM;
         for (unsigned j = 0; j < n; j++) {

@@ -522,11 +522,11 @@ struct op *req_add_op(struct shard *sh, struct req *req, enum op_kind kind, cons
 
     if (req->nops == req->cap_ops) {
         unsigned ncap = req->cap_ops * 2;
-        struct op **nops = malloc(ncap * sizeof(*nops));
+        struct op **nops = malloc(ncap * sizeof(struct op *));
 
         if (nops == NULL)
             return NULL;
-        memcpy(nops, req->ops, req->nops * sizeof(*nops));
+        memcpy(nops, req->ops, req->nops * sizeof(struct op *));
         if (req->ops != req->inline_ops)
             free(req->ops);
         req->ops = nops;
@@ -943,7 +943,15 @@ static void conn_close(struct conn *c)
     c->prev = c->next = NULL;
     sh->st.clients--;
     atomic_fetch_sub(&sh->srv->clients, 1);
-    conn_unref(c);
+    /* The open reference is dropped at the end of the loop turn, by the dirty-list pass,
+     * never here: callers keep using c after closing it. */
+    if (!c->dirty) {
+        c->dirty = true;
+        c->dirty_next = sh->dirty;
+        sh->dirty = c;
+    } else {
+        c->refs--; /* the dirty list's own reference keeps c alive */
+    }
 }
 
 static void conn_unref(struct conn *c)
