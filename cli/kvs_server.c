@@ -38,6 +38,8 @@ static void usage(FILE *f)
                "  --max-pipeline N      requests in progress per client before its input pauses "
                "(default 256)\n"
                "  --shutdown-timeout MS how long shutdown waits for slow clients (default 10000)\n"
+               "  --salvage             start even if an older log segment has a bad record,\n"
+               "                        skipping it (logged); default: refuse to start\n"
                "  --log-level LEVEL     debug | info | warn | error | off (default info)\n"
                "  -V, --version         print the version and exit\n"
                "  -h, --help            print this help and exit\n"
@@ -88,6 +90,7 @@ enum {
     OPT_MAX_PIPELINE,
     OPT_SHUTDOWN_TIMEOUT,
     OPT_LOG_LEVEL,
+    OPT_SALVAGE,
 };
 
 static const struct option long_opts[] = {
@@ -106,6 +109,7 @@ static const struct option long_opts[] = {
     {"max-pipeline", required_argument, NULL, OPT_MAX_PIPELINE},
     {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"salvage", no_argument, NULL, OPT_SALVAGE},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -191,6 +195,9 @@ int main(int argc, char **argv)
             if (!parse_size(optarg, 3600000, &v))
                 return bad("shutdown-timeout", optarg);
             cfg.shutdown_timeout_ms = (unsigned)v;
+            break;
+        case OPT_SALVAGE:
+            cfg.salvage = true;
             break;
         case OPT_LOG_LEVEL:
             if (kvs_log_parse_level(optarg, &level) < 0)

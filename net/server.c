@@ -83,7 +83,7 @@ static int parse_addr(struct server *srv)
     srv->addr_host[hlen] = '\0';
     errno = 0;
     port = strtol(colon + 1, &end, 10);
-    if (errno != 0 || *end != '\0' || end == colon + 1 || port < 0 || port > 65535)
+    if (errno != 0 || *end != '\0' || end == colon + 1 || port < 1 || port > 65535)
         return -EINVAL;
     srv->port = (int)port;
     return 0;
@@ -160,11 +160,8 @@ int server_open_listener(const struct server *srv, char *msg, size_t msglen)
  */
 static int probe_port(const struct server *srv)
 {
-    int fd;
+    int fd = bind_socket(srv, false);
 
-    if (srv->port == 0)
-        return 0;
-    fd = bind_socket(srv, false);
     if (fd < 0)
         return fd;
     close(fd);
@@ -581,7 +578,7 @@ int kvs_server_run(const struct kvs_server_config *cfg)
         }
         inodes[i] = sh->listen_fd >= 0 && fstat(sh->listen_fd, &st) == 0 ? st.st_ino : 0;
     }
-    if (rc == 0 && srv.port != 0) {
+    if (rc == 0) {
         foreign = foreign_listeners(srv.port, inodes, srv.nshards);
         if (foreign > 0) {
             KVS_ERROR("address %s is already in use: another process listens on port %d "

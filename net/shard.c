@@ -1239,6 +1239,7 @@ static int shard_setup(struct shard *sh)
     eopt.fsync = srv->cfg.fsync;
     eopt.max_key = srv->cfg.max_key;
     eopt.max_value = srv->cfg.max_value;
+    eopt.salvage = srv->cfg.salvage;
     eopt.ring = sh->ring;
     snprintf(dir, sizeof(dir), "%s/shard-%03u", srv->cfg.dir, sh->id);
     rc = kvs_engine_open(dir, &eopt, &sh->engine, sh->start_msg, sizeof(sh->start_msg));
