@@ -145,7 +145,7 @@ static void test_workload_same_seed_same_stream(void)
         CU_ASSERT_EQUAL(ka, kb);
         (void)kvs_workload_next(w, &c, &kc);
         same_as_other += ka == kc;
-        CU_ASSERT_EQUAL(kvs_workload_value_len(w, &a, ka, 0), kvs_workload_value_len(w, &b, kb, 0));
+        CU_ASSERT_EQUAL(kvs_workload_value_len(w, &a), kvs_workload_value_len(w, &b));
     }
     CU_ASSERT(same_as_other < 5);
     kvs_workload_free(w);
@@ -157,7 +157,7 @@ static char *make_value(struct kvs_workload *w, uint64_t id, uint64_t *version, 
     char *v;
 
     *version = kvs_workload_issue_version(w, id);
-    *len = (size_t)kvs_workload_value_len(w, NULL, id, *version);
+    *len = (size_t)kvs_workload_verify_len(w, id, *version);
     v = malloc(*len + 1);
     CU_ASSERT_PTR_NOT_NULL_FATAL(v);
     kvs_workload_value_fill(w, id, *version, v, *len);
@@ -179,7 +179,7 @@ static void test_workload_verify_round_trip(void)
             CU_ASSERT_EQUAL(ver, (uint64_t)round + 1);
             CU_ASSERT(len >= 24 && len <= 300);
             /* Deterministic: the same (key, version) always has the same length. */
-            CU_ASSERT_EQUAL(kvs_workload_value_len(w, NULL, id, ver), len);
+            CU_ASSERT_EQUAL(kvs_workload_verify_len(w, id, ver), len);
             CU_ASSERT_EQUAL(kvs_workload_value_check(w, id, v, len, &got), KVS_VERIFY_OK);
             CU_ASSERT_EQUAL(got, ver);
             free(v);
@@ -236,7 +236,7 @@ static void test_workload_verify_catches_wrong_values(void)
     free(other);
     /* A version of key 5 that was never issued (forged with the generator itself). */
     {
-        size_t flen = (size_t)kvs_workload_value_len(w, NULL, 5, ver + 1);
+        size_t flen = (size_t)kvs_workload_verify_len(w, 5, ver + 1);
         char *f = malloc(flen);
 
         CU_ASSERT_PTR_NOT_NULL_FATAL(f);

@@ -18,6 +18,7 @@
 #include "kvs/bench.h"
 
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -72,7 +73,6 @@ struct conn {
     struct bthread *t;
     int fd;
     unsigned gindex; /* index among all connections */
-    bool connected;
     bool closing;
     bool sending;
     bool queued;     /* on the thread's to-do list */
@@ -127,7 +127,7 @@ struct bthread {
     uint64_t pf_left; /* prefill SETs not yet answered */
     /* Statistics, merged by the main thread after join. */
     struct kvs_bench_op_stats op[2];
-    uint64_t warmup, prefill_done, prefill_errors, verified, unanswered, late;
+    uint64_t warmup, prefill_done, prefill_errors, verified, unanswered, late, unsent;
     uint64_t verify_kind[8];
     uint64_t last_reply_ns;
     uint64_t *per_second;
@@ -185,16 +185,15 @@ static void set_fatal(struct bench *b, int err, const char *fmt, ...)
 
 static void set_fatal(struct bench *b, int err, const char *fmt, ...)
 {
+    char msg[sizeof(b->fatal_msg)];
     int expected = 0;
     va_list ap;
 
-    if (err == 0)
-        err = -EIO;
-    if (!atomic_compare_exchange_strong(&b->fatal, &expected, err))
-        return;
     va_start(ap, fmt);
-    vsnprintf(b->fatal_msg, sizeof(b->fatal_msg), fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (atomic_compare_exchange_strong(&b->fatal, &expected, err != 0 ? err : -EIO))
+        memcpy(b->fatal_msg, msg, sizeof(msg));
 }
 
 static bool is_fatal(struct bench *b)
@@ -209,6 +208,20 @@ static void todo_push(struct conn *c)
     c->queued = true;
     c->next_todo = c->t->todo;
     c->t->todo = c;
+}
+
+/* c is unusable (the server hung up, or I/O failed): its requests will never be answered, so
+ * count them now instead of letting the drain wait for them. */
+static void conn_fail(struct conn *c)
+{
+    struct bthread *t = c->t;
+
+    c->closing = true;
+    t->unanswered += c->fifo_count;
+    t->outstanding -= c->fifo_count;
+    if (t->phase == PHASE_PREFILL)
+        t->pf_left -= c->fifo_count;
+    c->fifo_count = 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -394,12 +407,12 @@ static void on_recv(void *ctx, int res, uint32_t flags)
         goto rearm; /* every provided buffer was full: re-arm, the data waits in the socket */
     if (res < 0) {
         set_fatal(b, res, "receive from %s failed: %s", b->cfg->addr_text, kvs_strerror(res));
-        c->closing = true;
+        conn_fail(c);
         goto rearm;
     }
     if (res == 0) {
         set_fatal(b, -ECONNRESET, "%s closed the connection", b->cfg->addr_text);
-        c->closing = true;
+        conn_fail(c);
         goto rearm;
     }
     t->now = now_ns();
@@ -407,28 +420,28 @@ static void on_recv(void *ctx, int res, uint32_t flags)
         uint16_t bid = (uint16_t)(flags >> KVS_RING_CQE_BUFFER_SHIFT);
         const char *data = kvs_bufring_buf(t->br, bid);
         long used = 0;
+        bool oom = false;
 
         if (c->rx.len == 0) {
             /* The common case: parse in place, keep only a trailing partial reply. */
             used = parse_replies(c, data, (size_t)res);
-            if (used >= 0 && (size_t)used < (size_t)res &&
-                kvs_buf_append(&c->rx, data + used, (size_t)res - (size_t)used) < 0)
-                used = -1;
+            oom = used >= 0 && (size_t)used < (size_t)res &&
+                  kvs_buf_append(&c->rx, data + used, (size_t)res - (size_t)used) < 0;
         } else if (kvs_buf_append(&c->rx, data, (size_t)res) < 0) {
-            used = -1;
+            oom = true;
         } else if (c->rx.len >= c->rx_need) {
             used = parse_replies(c, c->rx.p, c->rx.len);
             if (used > 0)
                 kvs_buf_consume(&c->rx, (size_t)used);
         }
         kvs_bufring_recycle(t->br, bid);
-        if (used < 0) {
-            set_fatal(b, -ENOMEM, "out of memory buffering a reply");
-            c->closing = true;
-        } else if (c->rx_need > c->rx.len && kvs_buf_reserve(&c->rx, c->rx_need - c->rx.len) < 0) {
-            /* Size the buffer once for a large bulk instead of growing it per receive. */
-            set_fatal(b, -ENOMEM, "out of memory buffering a %zu-byte reply", c->rx_need);
-        }
+        /* Size the buffer once for a large bulk instead of growing it per receive. */
+        if (!oom && used >= 0 && c->rx_need > c->rx.len)
+            oom = kvs_buf_reserve(&c->rx, c->rx_need - c->rx.len) < 0;
+        if (oom)
+            set_fatal(b, -ENOMEM, "out of memory buffering a reply from %s", b->cfg->addr_text);
+        if (oom || used < 0)
+            conn_fail(c); /* a protocol error was recorded by parse_replies() */
     }
 rearm:
     if (!more && !c->closing)
@@ -465,7 +478,7 @@ static void on_send(void *ctx, int res, uint32_t flags)
     if (res < 0) {
         set_fatal(c->t->b, res, "send to %s failed: %s", c->t->b->cfg->addr_text,
                   kvs_strerror(res));
-        c->closing = true;
+        conn_fail(c);
         return;
     }
     c->sent += (size_t)res;
@@ -498,11 +511,12 @@ static bool queue_request(struct conn *c, enum kvs_workload_op op, uint64_t key,
 
         argv[0] = "SET";
         argl[0] = 3;
-        argl[2] = (size_t)kvs_workload_value_len(w, &c->stream, key, version);
         if (version != 0) {
+            argl[2] = (size_t)kvs_workload_verify_len(w, key, version);
             kvs_workload_value_fill(w, key, version, t->scratch, argl[2]);
             argv[2] = t->scratch;
         } else {
+            argl[2] = (size_t)kvs_workload_value_len(w, &c->stream);
             argv[2] = w->filler;
         }
         ret = kvs_resp_append_command(&c->tx[c->fill], 3, argv, argl);
@@ -637,7 +651,6 @@ static void on_connect(void *ctx, int res, uint32_t flags)
 
     (void)flags;
     c->connect_res = res;
-    c->connected = res == 0;
     c->t->connecting--;
 }
 
@@ -698,6 +711,30 @@ static int connect_all(struct bthread *t)
 }
 
 /*
+ * Open loop, when generation stops: requests whose intended time has passed but that were
+ * never sent (their connection's pipeline stayed full) are counted, so a server that fell
+ * behind cannot hide the backlog it caused.
+ */
+static void count_unsent(struct bthread *t)
+{
+    struct bench *b = t->b;
+    uint64_t until = t->now < b->t_end ? t->now : b->t_end;
+
+    if (!(b->cfg->rate > 0) || t->phase != PHASE_RUN || until <= b->t_run)
+        return;
+    for (unsigned i = 0; i < t->nconns; i++) {
+        struct conn *c = &t->conns[i];
+        /* Scheduled indices k with sched_time(k) < until are those below kmax. */
+        double kmax = (double)(until - b->t_run) / b->interval_ns - c->sched_phase;
+        uint64_t n = 0;
+
+        if (kmax > (double)c->sched_k)
+            n = (uint64_t)ceil(kmax) - c->sched_k;
+        t->unsent += n < c->quota ? n : c->quota;
+    }
+}
+
+/*
  * Drive the ring until this phase's work is done: prefill answered, or (run) the quota sent
  * and answered / the end time reached. When generation stops because of the clock, a stop
  * request or a fatal error, replies still owed get DRAIN_TIMEOUT to arrive.
@@ -721,6 +758,7 @@ static void drive(struct bthread *t)
             (is_stopping() || is_fatal(b) || (t->phase == PHASE_RUN && t->now >= b->t_end))) {
             t->generating = false;
             drain_deadline = t->now + DRAIN_TIMEOUT;
+            count_unsent(t);
         }
         next_due = generate(t);
         if (t->phase == PHASE_PREFILL)
@@ -1111,6 +1149,7 @@ static void merge(struct bench *b, struct kvs_bench_result *res)
         res->warmup_requests += t->warmup;
         res->unanswered += t->unanswered;
         res->late_sends += t->late;
+        res->unsent += t->unsent;
         if (t->last_reply_ns > last)
             last = t->last_reply_ns;
         for (unsigned s = 0; s < t->nseconds && s < res->nseconds; s++)

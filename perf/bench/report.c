@@ -124,6 +124,11 @@ void kvs_bench_report_text(FILE *f, const struct kvs_bench_config *cfg,
                 "open loop: %llu requests left more than 1 ms after their intended time "
                 "(latency counts from the intended time)\n",
                 (unsigned long long)res->late_sends);
+    if (res->unsent > 0)
+        fprintf(f,
+                "open loop: %llu requests were due but never sent: the server fell behind "
+                "the requested rate\n",
+                (unsigned long long)res->unsent);
     if (w->verify) {
         fprintf(f, "verify: %llu GET values checked good, %llu failures",
                 (unsigned long long)res->verified, (unsigned long long)res->verify_failures);
@@ -229,8 +234,9 @@ static void json_body(FILE *f, const struct kvs_bench_config *cfg,
             (unsigned long long)res->warmup_requests, (unsigned long long)res->prefill_requests);
     fprintf(f, "    \"prefill_errors\": %llu,\n    \"prefill_s\": %.6f,\n",
             (unsigned long long)res->prefill_errors, res->prefill_s);
-    fprintf(f, "    \"unanswered\": %llu,\n    \"late_sends\": %llu,\n",
-            (unsigned long long)res->unanswered, (unsigned long long)res->late_sends);
+    fprintf(f, "    \"unanswered\": %llu,\n    \"late_sends\": %llu,\n    \"unsent\": %llu,\n",
+            (unsigned long long)res->unanswered, (unsigned long long)res->late_sends,
+            (unsigned long long)res->unsent);
     fprintf(f, "    \"interrupted\": %s,\n    \"fatal\": ", res->interrupted ? "true" : "false");
     if (res->fatal != 0)
         json_str(f, res->fatal_msg);

@@ -126,7 +126,10 @@ size_t kvs_workload_key(const struct kvs_workload *w, uint64_t id, char *buf)
 {
     size_t n = 4 + w->key_digits;
 
-    memcpy(buf, "key:", 4);
+    buf[0] = 'k';
+    buf[1] = 'e';
+    buf[2] = 'y';
+    buf[3] = ':';
     for (size_t i = n; i > 4; i--) {
         buf[i - 1] = (char)('0' + id % 10);
         id /= 10;
@@ -152,18 +155,21 @@ static uint64_t value_seed(uint64_t id, uint64_t version)
     return kvs_rng_mix(id * 0x9e3779b97f4a7c15ULL ^ kvs_rng_mix(version));
 }
 
-uint64_t kvs_workload_value_len(const struct kvs_workload *w, struct kvs_workload_stream *s,
-                                uint64_t id, uint64_t version)
+uint64_t kvs_workload_value_len(const struct kvs_workload *w, struct kvs_workload_stream *s)
+{
+    uint64_t span = w->cfg.size_max - w->cfg.size_min + 1;
+
+    return span == 1 ? w->cfg.size_min : w->cfg.size_min + kvs_rng_below(&s->rng, span);
+}
+
+uint64_t kvs_workload_verify_len(const struct kvs_workload *w, uint64_t id, uint64_t version)
 {
     uint64_t span = w->cfg.size_max - w->cfg.size_min + 1;
     struct kvs_rng r;
 
-    if (span == 1)
-        return w->cfg.size_min;
-    if (version == 0 || !w->cfg.verify)
-        return w->cfg.size_min + kvs_rng_below(&s->rng, span);
+    /* A stream of its own (not the filler's) so that length and content are independent. */
     kvs_rng_seed(&r, value_seed(id, version) ^ 0x5bd1e995ULL);
-    return w->cfg.size_min + kvs_rng_below(&r, span);
+    return span == 1 ? w->cfg.size_min : w->cfg.size_min + kvs_rng_below(&r, span);
 }
 
 static void put_hex(char *p, uint64_t v)
@@ -249,7 +255,7 @@ enum kvs_workload_verdict kvs_workload_value_check(const struct kvs_workload *w,
     issued = w->versions != NULL ? atomic_load(&w->versions[id]) : 0;
     if (ver == 0 || ver > issued)
         return KVS_VERIFY_VERSION;
-    if (len != kvs_workload_value_len(w, NULL, id, ver))
+    if (len != kvs_workload_verify_len(w, id, ver))
         return KVS_VERIFY_LENGTH;
     kvs_rng_seed(&r, value_seed(id, ver));
     while (off < len) {

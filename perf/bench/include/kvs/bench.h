@@ -79,6 +79,8 @@ struct kvs_bench_result {
     uint64_t unanswered;             /* requests still in flight when the run was cut off */
     uint64_t late_sends;             /* open loop: requests sent after their intended time
                                       * because the connection's pipeline was full */
+    uint64_t unsent;                 /* open loop: requests due before the end but never sent
+                                      * because the server fell behind the schedule */
     double elapsed_s;                /* measured phase: first measured send to last reply */
     double prefill_s;                /* time the prefill took */
     double throughput;               /* completed / elapsed_s */

@@ -118,13 +118,16 @@ size_t kvs_workload_key(const struct kvs_workload *w, uint64_t id, char *buf);
  */
 uint64_t kvs_workload_issue_version(struct kvs_workload *w, uint64_t id);
 
-/* kvs_workload_value_len - the length of the value of (id, version) under --verify, or a
- * length drawn from s for unverified values (version 0). */
-uint64_t kvs_workload_value_len(const struct kvs_workload *w, struct kvs_workload_stream *s,
-                                uint64_t id, uint64_t version);
+/* kvs_workload_value_len - a value length for an unverified SET, drawn from s within the
+ * size range. */
+uint64_t kvs_workload_value_len(const struct kvs_workload *w, struct kvs_workload_stream *s);
+
+/* kvs_workload_verify_len - the length of the --verify value of (id, version): a function of
+ * both, within the size range, so that the reader knows it too. */
+uint64_t kvs_workload_verify_len(const struct kvs_workload *w, uint64_t id, uint64_t version);
 
 /* kvs_workload_value_fill - write the --verify value of (id, version) of length len (which
- * must be kvs_workload_value_len(w, NULL, id, version)) into buf. */
+ * must be kvs_workload_verify_len(w, id, version)) into buf. */
 void kvs_workload_value_fill(const struct kvs_workload *w, uint64_t id, uint64_t version, char *buf,
                              size_t len);
 
