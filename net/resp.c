@@ -400,17 +400,20 @@ static enum len_result parse_len(const char *p, size_t avail, size_t max, bool a
         return LEN_OK;
     }
     for (; i < avail; i++) {
+        /* Unsigned wrap-around turns every non-digit into a value above 9: one test. */
         unsigned d = (unsigned char)p[i] - (unsigned)'0';
 
         if (d > 9)
             break;
-        /* A leading zero may only be the whole number. */
+        /* A leading zero may only be the whole number, as in Redis's string2ll(). */
         if (i == 1 && p[0] == '0')
             return LEN_BAD;
+        /* v * 10 + d <= max, rearranged so that it cannot overflow. */
         if (d > max || v > (max - d) / 10)
             return LEN_BAD;
         v = v * 10 + d;
     }
+    /* Every byte so far was a digit: the header may still be valid, wait. */
     if (i == avail)
         return LEN_MORE;
     if (i == 0 || p[i] != '\r')
@@ -442,11 +445,14 @@ void kvs_resp_request_reset(struct kvs_resp_request *req)
 void kvs_resp_request_init(struct kvs_resp_request *req, struct kvs_resp_arg *argv, size_t cap)
 {
     memset(req, 0, sizeof(*req));
+    /* A NULL array with a non-zero capacity would be written through: treat it as empty. */
     req->argv = argv;
     req->argv_cap = argv != NULL ? cap : 0;
     kvs_resp_request_reset(req);
 }
 
+/* A protocol error ends the connection, so the partial state is dropped with it; a caller
+ * that calls again anyway starts from a clean parser. */
 static int proto_err(struct kvs_resp_request *req, const char *msg)
 {
     kvs_resp_request_reset(req);
@@ -603,6 +609,8 @@ static long split_inline(char *s, size_t n, struct kvs_resp_arg *argv, bool writ
             }
             c = s[i];
             if (quote == '"') {
+                /* \x with fewer than two hex digits after it falls through to the generic
+                 * "\<any>" rule below and yields a plain 'x', as in Redis. */
                 if (c == '\\' && i + 3 < n && s[i + 1] == 'x' && hex_val(s[i + 2]) >= 0 &&
                     hex_val(s[i + 3]) >= 0) {
                     c = (char)(hex_val(s[i + 2]) * 16 + hex_val(s[i + 3]));
@@ -778,6 +786,7 @@ static enum len_result reply_elem(const char *buf, size_t len, size_t pos,
         uint64_t v = 0;
         uint64_t max;
 
+        /* Unlike lengths, integer replies are signed and may take any 64-bit value. */
         if (avail > 0 && p[0] == '-') {
             neg = true;
             i = 1;
@@ -795,6 +804,7 @@ static enum len_result reply_elem(const char *buf, size_t len, size_t pos,
             }
             v = v * 10 + d;
         }
+        /* Digits up to the end, or a CR as the very last byte: the line may still end well. */
         if (i == avail || (i + 1 == avail && p[i] == '\r')) {
             *need = len + 1;
             return LEN_MORE;
