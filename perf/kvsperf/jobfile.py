@@ -203,6 +203,22 @@ def parse_rate_sweep(text):
     return {"unit": "%" if all(pct) else "ops", "points": points}
 
 
+def parse_rate(text):
+    """Offered ops/s in total (0 = flat out), or a percentage of the job's peak such as 50%,
+    which makes the runner measure the peak first. Returns an int, or the text 'N%'."""
+    if text.endswith("%"):
+        m = re.match(r"^(\d+(?:\.\d+)?)%$", text)
+        if not m or not 0 < float(m.group(1)) <= 1000:
+            raise BadValue("ops/s (20k) or a percentage of the peak from 0% to 1000% (50%)")
+        return f"{float(m.group(1)):g}%"
+    return parse_count(text, lo=0)
+
+
+def rate_percent(rate):
+    """The percentage of a 'N%' rate, else None."""
+    return float(rate[:-1]) if isinstance(rate, str) else None
+
+
 def parse_prefill(text):
     """yes (one pass), no (none) or the number of passes over the keyspace (0..100)."""
     try:
@@ -291,8 +307,8 @@ KEYS = {k.name: k for k in [
         "length of the measured run in requests (instead of duration)"),
     Key("warmup", parse_duration, 1.0,
         "load before the measured run, not counted (a separate kvs-bench run)"),
-    Key("rate", _ranged_int(0, MAX_COUNT), 0, "kvs-bench --rate, ops/s in total (0 = as fast "
-        "as possible)"),
+    Key("rate", parse_rate, 0, "kvs-bench --rate: ops/s in total (0 = as fast as possible) or "
+        "a percentage of the peak, measured first (50%)"),
     Key("rate_sweep", parse_rate_sweep, None,
         "measure the peak, then run at each offered rate START:STOP:STEP"),
     Key("prefill", parse_prefill, 0,

@@ -43,6 +43,8 @@ def summarize(job):
     ok = [u for u in job["units"] if u["ok"]]
     s = {"runs": len(job["units"]), "ok": len(ok)}
     s["throughput"] = stat(_main(u, "throughput") for u in ok)
+    s["offered"] = stat(_main(u, "offered") for u in ok)
+    s["peak"] = stat(u["peak"]["throughput"] for u in ok if u.get("peak"))
     for p in PCTS + ["max"]:
         s[p] = stat(_main(u, "latency_us", p) for u in ok)
     s["cpu_s_per_mop"] = stat(_main(u, "cpu_s_per_mop") for u in ok)
@@ -71,9 +73,32 @@ def summarize(job):
                 **{p: stat(q["latency_us"][p] for q in pts) for p in ("p50", "p99", "p99.9")},
             })
         s["sweep"] = points
-    ev = [_main(u, "event") for u in ok if _main(u, "event")]
+    ev = []
+    for u in ok:
+        e = _main(u, "event")
+        if not e:
+            continue
+        ev.append(dict(e, repeat=u["repeat"]))
     if ev:
         s["events"] = ev
+    # What the store did during the job (kvs: dead bytes and compactions; Redis: AOF
+    # rewrites), from INFO persistence after the prefill and at the end: shows whether an
+    # event did the work and whether anything else (automatic compaction) did too.
+    pairs = [(u.get("persistence_after_prefill"), u.get("persistence_end")) for u in ok]
+    pairs = [(a, b) for a, b in pairs if a and b]
+    store = {}
+    for key in ("dead_bytes", "compactions", "aof_rewrites"):
+        vals = [(a[key], b[key]) for a, b in pairs
+                if isinstance(a.get(key), int) and isinstance(b.get(key), int)]
+        if not vals:
+            continue
+        if key == "dead_bytes":
+            store[key] = [statistics.median(v[0] for v in vals),
+                          statistics.median(v[1] for v in vals)]
+        else:
+            store[key] = statistics.median(v[1] - v[0] for v in vals)
+    if store:
+        s["store"] = store
     job["summary"] = s
     return s
 
@@ -141,13 +166,18 @@ def _server_desc(cfg):
     return ", ".join(parts)
 
 
-def _load_desc(cfg):
+def _load_desc(cfg, summary=None):
     length = (f"{cfg['requests']:,} req" if cfg.get("requests") is not None
               else f"{cfg['duration']:g} s")
     s = (f"{cfg['clients']} conn × pipeline {cfg['pipeline']}, SET:GET {cfg['ratio']}, "
          f"{cfg['keys']:,} keys {cfg['key_pattern']}, {cfg['data_size']} B, {length}")
-    if cfg.get("rate"):
-        s += f", {cfg['rate']:,} ops/s offered"
+    rate = cfg.get("rate")
+    if isinstance(rate, str):
+        s += f", offered {rate} of the peak"
+        if summary and summary.get("peak"):
+            s += (f" ({cell(summary['offered'])} of {cell(summary['peak'])} ops/s)")
+    elif rate:
+        s += f", {rate:,} ops/s offered"
     if cfg.get("client_cpus") is not None:
         s += ", bench on CPU " + ",".join(map(str, cfg["client_cpus"]))
     return s
@@ -251,7 +281,7 @@ def _file_section(f, disk, plots):
         out += ["", f"Median of {n} run{'s' if n > 1 else ''} per job"
                 + (" (min–max)." if n > 1 else ".") + " Loads:", ""]
         for j in measured:
-            out.append(f"- `{j['name']}`: {_load_desc(j['config'])}"
+            out.append(f"- `{j['name']}`: {_load_desc(j['config'], j['summary'])}"
                        + (f" — {j['description']}" if j.get("description") else ""))
     durable = [j for j in measured if is_durable(j["config"])]
     if durable and disk and not disk.get("error"):
@@ -318,7 +348,21 @@ def _file_section(f, disk, plots):
                 took = ""
             else:
                 took = "; its end was not observed"
-            out += ["", f"`{j['name']}`: sent {e['command']}{when} ({what}){took}."]
+            out += ["", f"`{j['name']}` run {e.get('repeat', '?')}: sent {e['command']}{when} "
+                    f"({what}){took}."]
+    if any(j["summary"].get("events") for j in jobs):
+        out += ["", "The stores during each job (after the prefill → at the end; median): "
+                "a steady job should show no compaction or rewrite of its own.", ""]
+        rows = []
+        for j in jobs:
+            st = j["summary"].get("store") or {}
+            dead = st.get("dead_bytes")
+            rows.append([f"`{j['name']}`",
+                         f"{_num(dead[0] / MIB)} → {_num(dead[1] / MIB)}" if dead else "—",
+                         f"{st['compactions']:g}" if "compactions" in st else "—",
+                         f"{st['aof_rewrites']:g}" if "aof_rewrites" in st else "—"])
+        out.append(_table(["job", "kvs dead data MiB", "kvs compactions", "Redis AOF rewrites"],
+                          rows))
     failed = [(j, u) for j in jobs for u in j["units"] if not u["ok"]]
     if failed:
         out += ["", "Failures:", ""]

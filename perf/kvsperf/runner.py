@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 
-from . import bench, procfs, resp, servers
+from . import bench, jobfile, procfs, resp, servers
 from .servers import Server, StartError
 
 
@@ -60,7 +60,7 @@ def estimate_seconds(job):
     """A rough wall-clock estimate of one unit, for the --dry-run summary."""
     t = 1.0 + job["prefill"] * bench.expected_seconds(job, prefill=True)
     if is_measured(job):
-        runs = 1
+        runs = 1 if jobfile.rate_percent(job["rate"]) is None else 2
         if job["rate_sweep"]:
             runs += len(job["rate_sweep"]["points"])
         t += runs * (bench.expected_seconds(job) + 0.5)
@@ -143,6 +143,11 @@ class Runner:
             unit["rss_start"] = procfs.rss_bytes(srv.pid)
             if job["prefill"]:
                 unit["prefill"] = self.prefill(srv, job, tag, unit["rss_start"])
+                pf = unit["prefill"]
+                self.say(f"{label}: prefilled {job['keys']:,} keys × {job['prefill']} in "
+                         f"{pf['seconds']:.1f} s; RSS {pf['rss'] / 2**20:,.1f} MiB "
+                         f"({pf['bytes_per_key']:,.0f} bytes/key), "
+                         f"{pf['data_dir_bytes'] / 2**20:,.1f} MiB on disk")
                 unit["persistence_after_prefill"] = _persistence(srv.port)
             if is_measured(job):
                 self.measured(srv, job, tag, unit, label)
@@ -200,18 +205,30 @@ class Runner:
                 "data_dir_bytes": procfs.dir_bytes(srv.data_dir)}
 
     def measured(self, srv, job, tag, unit, label):
+        """The measured run. A rate sweep or a rate given in % of the peak first runs flat
+        out to find that peak (on the same server and data), then runs at the derived rates."""
         sweep = job["rate_sweep"]
-        during = job["during"]
-        main = self.measure(srv, job, tag, rate=None if sweep else job["rate"],
-                            during="none" if sweep else during)
-        unit["main"] = main
-        self.say(f"{label}: {_summary(main)}")
-        if not sweep:
+        pct = jobfile.rate_percent(job["rate"])
+        if not sweep and pct is None:
+            unit["main"] = self.measure(srv, job, tag, rate=job["rate"], during=job["during"])
+            self.say(f"{label}: {_summary(unit['main'])}")
             return
-        peak = main["throughput"]
+        peak = self.measure(srv, job, tag + "-peak", rate=None, during="none")
+        self.say(f"{label}: peak {_summary(peak)}")
+        if pct is not None:
+            rate = max(1, round(peak["throughput"] * pct / 100.0))
+            unit["peak"] = peak
+            unit["main"] = self.measure(srv, job, tag, rate=rate, during=job["during"])
+            self.say(f"{label}: offered {pct:g}% of peak = {rate:,} ops/s: "
+                     f"{_summary(unit['main'])}")
+            return
+        # A sweep's peak run is the job's main result: the table shows the peak beside the
+        # other jobs' flat-out runs, and the sweep table the points.
+        unit["main"] = peak
         unit["sweep"] = []
         for i, x in enumerate(sweep["points"]):
-            rate = max(1, round(peak * x / 100.0)) if sweep["unit"] == "%" else int(x)
+            rate = max(1, round(peak["throughput"] * x / 100.0)) if sweep["unit"] == "%" \
+                else int(x)
             m = self.measure(srv, job, f"{tag}-sweep{i + 1}", rate=rate, during="none")
             m["offered_point"] = x
             unit["sweep"].append(m)
@@ -387,6 +404,10 @@ def dry_run(files, bins, say=print):
                                     for p in sw["points"])
                     say(f"  then --rate at {pts}" + (" of the peak" if sw["unit"] == "%"
                                                       else " ops/s"))
+                elif jobfile.rate_percent(job["rate"]) is not None:
+                    say("  peak: " + " ".join(bench.command(job, bins["kvs-bench"], "PORT",
+                                                            "OUT.json")))
+                    say(f"  then --rate at {job['rate']} of the peak")
                 else:
                     say("  run: " + " ".join(bench.command(job, bins["kvs-bench"], "PORT",
                                                            "OUT.json", rate=job["rate"])))

@@ -138,6 +138,9 @@ class ParseErrors(unittest.TestCase):
             ("verify=maybe", "key 'verify': bad value 'maybe': expected yes or no"),
             ("prefill=lots", "key 'prefill': bad value 'lots'"),
             ("prefill=101", "key 'prefill': bad value '101'"),
+            ("rate=fast", "key 'rate': bad value 'fast': expected a whole number"),
+            ("rate=0%", "key 'rate': bad value '0%': expected ops/s (20k) or a percentage"),
+            ("rate=5x%", "key 'rate': bad value '5x%'"),
             ("rate_sweep=10%:90%", "key 'rate_sweep': bad value '10%:90%'"),
             ("rate_sweep=10%:9000:10%", "key 'rate_sweep': bad value '10%:9000:10%'"),
             ("rate_sweep=90%:10%:10%", "key 'rate_sweep': bad value '90%:10%:10%'"),
@@ -323,6 +326,12 @@ rate=12k
         self.assertEqual(a["rate"], 0)
         self.assertEqual(a["rate_sweep"], {"unit": "%", "points": [10, 30, 50, 70, 90]})
         self.assertEqual(b["rate"], 1000)
+
+    def test_rate_in_percent_of_peak(self):
+        j = parse("[a]\nrate=50%\n").jobs[0]
+        self.assertEqual(j["rate"], "50%")
+        self.assertEqual(jobfile.rate_percent(j["rate"]), 50.0)
+        self.assertIsNone(jobfile.rate_percent(parse("[a]\nrate=20k\n").jobs[0]["rate"]))
 
     def test_rate_sweep_in_ops(self):
         f = parse("[a]\nrate_sweep=1k:3k:1k\n")
