@@ -556,9 +556,17 @@ static ssize_t parse_multibulk(struct kvs_resp_request *req, char *buf, size_t l
     return (ssize_t)pos;
 }
 
+/* White space between inline arguments, and after a closing quote (C's isspace()). */
 static bool is_space(char c)
 {
     return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+/* The bytes that end an unquoted inline argument. Redis skips vertical tab and form feed
+ * between arguments but keeps them inside one ("a\vb" is one argument); so do we. */
+static bool ends_arg(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
 static int hex_val(char c)
@@ -574,7 +582,8 @@ static int hex_val(char c)
 
 /*
  * Split an inline line s[0 .. n) into arguments with Redis's quoting rules: arguments are
- * separated by white space; "..." understands \xHH, \n, \r, \t, \b, \a and \<any> escapes;
+ * separated by white space (see ends_arg()); "..." understands \xHH, \n, \r, \t, \b, \a and \<any>
+ * escapes;
  * '...' understands only \'; a closing quote must be followed by white space or the end of the
  * line; a quote may open in the middle of an argument (a"b c" is one argument). Unlike Redis,
  * which works on C strings, a NUL byte is an ordinary byte here.
@@ -653,7 +662,7 @@ static long split_inline(char *s, size_t n, struct kvs_resp_arg *argv, bool writ
                     i++;
                     break;
                 }
-            } else if (is_space(c)) {
+            } else if (ends_arg(c)) {
                 break;
             } else if (c == '"' || c == '\'') {
                 quote = c;

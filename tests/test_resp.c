@@ -361,16 +361,19 @@ static void test_resp_request_inline_quotes_and_escapes(void)
 {
     static const char in[] = "SET \"a b\\x41\\x4a\\n\\r\\t\\b\\a\\\\\\\"q\" 'it\\'s \\n'\r\n"
                              "  x\"y z\"  \"\"  ''\r\n"
-                             "\"\\xZZ\\x4\"\n";
+                             "\"\\xZZ\\x4\"\n"
+                             "ECHO a\vb\f \v\fc\n";
     static const char *const c1[] = {"SET", "a bAJ\n\r\t\b\a\\\"q", "it's \\n"};
     static const char *const c2[] = {"xy z", "", ""};
     static const char *const c3[] = {"xZZx4"};
+    static const char *const c4[] = {"ECHO", "a\vb\f", "c"};
     struct kvs_buf want;
 
     kvs_buf_init(&want);
     expect_cmd(&want, 3, c1);
     expect_cmd(&want, 3, c2);
     expect_cmd(&want, 1, c3);
+    expect_cmd(&want, 3, c4);
     check_all_feeds(S(in), NULL, want.p, want.len, sizeof(in) - 1);
     kvs_buf_fini(&want);
 }
