@@ -862,6 +862,7 @@ static void conn_mark_dirty(struct conn *c)
 static void conn_advance(struct conn *c)
 {
     struct shard *sh = c->sh;
+    unsigned popped = 0;
 
     while (c->qhead != NULL && c->qhead->done) {
         struct req *r = c->qhead;
@@ -876,10 +877,15 @@ static void conn_advance(struct conn *c)
             c->qtail = NULL;
         c->nreqs--;
         req_free(sh, r);
-        /* The next request may be finished already but wrote into its own buffer. */
-        conn_unref(c);
+        popped++;
     }
     conn_mark_dirty(c);
+    /* Each popped request held a reference. All but the last are dropped without a check,
+     * since the last one still keeps c alive; the last may free c, so nothing follows it. */
+    if (popped > 0) {
+        c->refs -= popped - 1;
+        conn_unref(c);
+    }
 }
 
 void conn_close_after_reply(struct conn *c)

@@ -4,8 +4,10 @@ announced array of 10^9 elements, an endless inline line, and a client that send
 large value without ever reading. Each gets an error (and is closed) or backpressure; the
 server's memory stays bounded; another client is served throughout."""
 import os
+import random
 import socket
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from kvs_server_util import Server, rss_kib  # noqa: E402
@@ -88,6 +90,35 @@ def test_pipelined_valid_then_error(port):
     check(data.startswith(b"+PONG\r\n+PONG\r\n-ERR Protocol error"), f"got {data!r}")
 
 
+def test_abrupt_disconnects(port):
+    """Clients that pipeline requests over every shard and vanish without reading: the
+    server must drop their replies, free everything, and keep serving."""
+    rnd = random.Random(3)
+    for i in range(200):
+        s = socket.create_connection(("127.0.0.1", port))
+        batch = b""
+        for _ in range(300):
+            k = b"k%d" % rnd.randrange(1000)
+            batch += rnd.choice([
+                b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k),
+                b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\nv\r\n" % (len(k), k),
+                b"*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n",
+            ])
+        s.sendall(batch)
+        if i % 2:
+            # Close with a reset instead of a FIN.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+    bystander_ok(port)
+    r = redis.Redis(port=port)
+    # The server notices every close; wait (boundedly) until only we are left.
+    for _ in range(600):
+        if r.info("clients")["connected_clients"] == 1:
+            break
+        time.sleep(0.05)
+    check(r.info("clients")["connected_clients"] == 1, "connections not released")
+
+
 def test_non_reading_client(srv):
     port = srv.port
     r = redis.Redis(port=port, socket_timeout=60)
@@ -130,7 +161,8 @@ def main():
     args = ["--shards", "2", "--max-output", "8m", "--max-pipeline", "64"]
     with Server(args=args) as srv:
         srv.start()
-        for t in (test_protocol_errors, test_endless_inline_line, test_pipelined_valid_then_error):
+        for t in (test_protocol_errors, test_endless_inline_line, test_pipelined_valid_then_error,
+                  test_abrupt_disconnects):
             print(f"== {t.__name__}", flush=True)
             t(srv.port)
         print("== test_non_reading_client", flush=True)
