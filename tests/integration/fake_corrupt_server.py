@@ -5,9 +5,13 @@
 It stores SETs faithfully but flips one byte in the middle of every GET reply's value, so a
 load generator that really checks what it reads must report verify failures; one that does
 not would pass silently. Single-threaded (selectors), stdlib only, 127.0.0.1 only. Supports
-just enough RESP2 for kvs-bench: SET, GET, PING and COMMAND-less clients.
+just enough RESP2 for kvs-bench: SET, GET and PING.
 
-    fake_corrupt_server.py PORT      # prints "ready" on stdout once listening
+Other modes misbehave at the protocol level instead, to test how clients fail:
+  garbage  answer every command but PING with a line that is not RESP;
+  hangup   close the connection instead of answering the first GET.
+
+    fake_corrupt_server.py PORT [corrupt|garbage|hangup]   # prints "ready" once listening
 """
 import selectors
 import socket
@@ -67,6 +71,7 @@ def reply_for(store, args):
 
 def main():
     port = int(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "corrupt"
     store = {}
     sel = selectors.DefaultSelector()
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -98,14 +103,27 @@ def main():
             buf = pending[conn]
             buf += data
             out = bytearray()
+            hangup = False
             while True:
                 args, used = parse_command(buf)
                 if args is None:
                     break
                 del buf[:used]
-                out += reply_for(store, args)
+                if args[0].upper() == b"PING":
+                    out += b"+PONG\r\n"  # the test's readiness probe stays answered
+                elif mode == "garbage":
+                    out += b"?this is not RESP\r\n"
+                elif mode == "hangup" and args[0].upper() == b"GET":
+                    hangup = True
+                    break
+                else:
+                    out += reply_for(store, args)
             if out:
                 conn.sendall(out)
+            if hangup:
+                sel.unregister(conn)
+                pending.pop(conn, None)
+                conn.close()
 
 
 if __name__ == "__main__":

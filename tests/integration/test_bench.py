@@ -155,6 +155,19 @@ def test_verify_fails_on_corruption(tmp):
               and j["verify"]["checked_ok"] == 0, j["verify"])
 
 
+def test_broken_servers(tmp):
+    """A server that breaks the protocol or hangs up ends the run with a reason, exit 1."""
+    fake = os.path.join(HERE, "fake_corrupt_server.py")
+    for mode, want in (("garbage", "protocol error from"), ("hangup", "closed the connection")):
+        port = free_port()
+        with Server(["/usr/bin/python3", fake, str(port), mode], port):
+            out = os.path.join(tmp, "broken-%s.json" % mode)
+            rc, so, se = bench("--addr", "127.0.0.1:%d" % port, "--requests", "1000",
+                               "--ratio", "1:1", "--clients", "4", "--json", out)
+            check("%s: exit 1" % mode, rc == 1, "rc=%d %s %s" % (rc, so, se))
+            check("%s: reason given" % mode, want in se, se)
+
+
 def test_unreachable():
     port = free_port()
     rc, so, se = bench("--addr", "127.0.0.1:%d" % port, "--requests", "10")
@@ -182,6 +195,7 @@ def main():
         test_bad_args()
         test_unreachable()
         test_verify_fails_on_corruption(tmp)
+        test_broken_servers(tmp)
         redis = shutil.which("redis-server") or "/usr/bin/redis-server"
         if os.access(redis, os.X_OK):
             port = free_port()
