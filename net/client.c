@@ -125,25 +125,25 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms)
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
         if (errno != EINPROGRESS) {
             rc = -errno;
-            goto fail;
+            goto err;
         }
         rc = wait_fd(fd, POLLOUT, timeout_ms);
         if (rc < 0)
-            goto fail;
+            goto err;
         /* Writability only says the attempt ended; SO_ERROR says how. */
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) {
             rc = -errno;
-            goto fail;
+            goto err;
         }
         if (soerr != 0) {
             rc = -soerr;
-            goto fail;
+            goto err;
         }
     }
     /* Commands are small and strictly request/reply: Nagle would only add delay. */
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     return fd;
-fail:
+err:
     close(fd);
     return rc;
 }
