@@ -59,7 +59,7 @@ int main(int argc, char **argv)
     struct kvs_engine_options opt;
     struct kvs_engine *e = NULL;
     const char *dir = ".";
-    const char *pos[4];
+    const char *pos[4] = {"", "", "", ""};
     int npos = 0, rc, status = 0;
     char err[512];
 

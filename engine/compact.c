@@ -445,7 +445,7 @@ static void write_out(struct compaction *cp)
     struct kvs_engine *e = cp->e;
     int rc;
 
-    if (cp->olen == 0) {
+    if (cp->olen == 0 || cp->out == NULL) {
         after_write(cp);
         return;
     }
@@ -500,6 +500,8 @@ static void big_read_cb(void *ctx, int res, uint32_t flags)
         return;
     }
     rc = ensure_out(cp);
+    if (rc == 0 && cp->out == NULL)
+        rc = -EINVAL;
     if (rc == 0)
         rc = note_copy(cp, cp->big, h, cp->in_off, cp->out->size, hash);
     if (rc == 0)
@@ -545,6 +547,8 @@ static void read_cb(void *ctx, int res, uint32_t flags)
         }
         if (wanted(cp, rec, &h, cp->in_off + pos, &hash)) {
             rc = ensure_out(cp);
+            if (rc == 0 && cp->out == NULL)
+                rc = -EINVAL;
             if (rc == 0)
                 rc = note_copy(cp, rec, &h, cp->in_off + pos, cp->out->size + cp->olen, hash);
             if (rc < 0) {
@@ -658,7 +662,7 @@ static void begin(struct compaction *cp)
 
     cp->waiting = false;
     cp->keep_above = UINT64_MAX;
-    cp->in = calloc(e->nsegs + 1, sizeof(*cp->in));
+    cp->in = calloc(e->nsegs + 1, sizeof(struct seg *));
     if (cp->in == NULL) {
         complete(cp, -ENOMEM);
         return;

@@ -21,7 +21,7 @@
 #define RECORD_F_ALL     (RECORD_F_TOMB | RECORD_F_CLEAR)
 #define RECORD_SEQ_MASK  ((UINT64_C(1) << 48) - 1) /* seqs are < 2^48 (the index keeps 48 bits) */
 #define RECORD_KEY_LIMIT (UINT32_C(16) << 20)      /* hard cap on max_key: 16 MiB */
-#define RECORD_VAL_LIMIT (UINT32_C(1) << 31)       /* hard cap on max_value: 2 GiB */
+#define RECORD_VAL_LIMIT (UINT32_C(1) << 30)       /* hard cap on max_value: 1 GiB */
 
 struct record_hdr {
     uint64_t checksum;

@@ -466,7 +466,7 @@ int recover_open(struct kvs_engine *e, char *errbuf, size_t errlen)
     struct hint_buf *hints = NULL; /* rebuilt hints of scanned segments, by table position */
     uint32_t *ids = NULL;
     size_t n = 0;
-    bool newest_seen = false;
+    bool newest_seen = false, newest_empty = false;
     struct seg *top = NULL;
     uint64_t cur = 0;
     int rc;
@@ -520,8 +520,11 @@ int recover_open(struct kvs_engine *e, char *errbuf, size_t errlen)
             goto out;
         if (rc == 1)
             continue;
-        newest = !newest_seen;
+        /* An empty newest segment: a crash right after a rotation, while the previous
+         * segment's last batch was in flight. That one may have the torn tail then. */
+        newest = !newest_seen || newest_empty;
         newest_seen = true;
+        newest_empty = newest && s->size == 0;
         rc = hint_init(&hints[i]);
         if (rc == 0)
             rc = scan_segment(&rv, s, newest, &hints[i]);

@@ -85,8 +85,12 @@ static void record(const char *name, uint64_t ops, uint64_t t0, uint64_t t1, uin
     snprintf(r->name, sizeof(r->name), "%s", name);
     r->ops = ops;
     r->secs = (double)(t1 - t0) / 1e9;
-    r->p50_us = (double)lat[ops / 2] / 1e3;
-    r->p99_us = (double)lat[ops * 99 / 100] / 1e3;
+    {
+        uint64_t i50 = ops / 2, i99 = ops * 99 / 100;
+
+        r->p50_us = (double)lat[i50] / 1e3;
+        r->p99_us = (double)lat[i99] / 1e3;
+    }
     printf("%-44s %8llu ops %12.0f ops/s  p50 %9.1f us  p99 %9.1f us\n", r->name,
            (unsigned long long)ops, (double)ops / r->secs, r->p50_us, r->p99_us);
     fflush(stdout);
@@ -317,7 +321,7 @@ static int lmdb_run(const char *base, size_t vsize, bool durable, uint64_t n, ui
 {
     const char *pol = durable ? "always" : "never";
     MDB_env *env = NULL;
-    MDB_dbi dbi;
+    MDB_dbi dbi = 0;
     MDB_txn *rtxn = NULL;
     char dir[512], key[KEY_LEN + 1], name[96];
     uint64_t t0, t1;
@@ -450,8 +454,12 @@ int main(int argc, char **argv)
     val = malloc(4096);
     lat = calloc(n, sizeof(*lat));
     g_starts = calloc(n, sizeof(*g_starts));
-    if (val == NULL || lat == NULL || g_starts == NULL)
+    if (val == NULL || lat == NULL || g_starts == NULL) {
+        free(val);
+        free(lat);
+        free(g_starts);
         return 1;
+    }
     for (size_t i = 0; i < 4096; i++)
         val[i] = (uint8_t)mix(i);
     printf("engine_bench: %llu keys of %d bytes, batch %u, one-at-a-time under always: %llu, "

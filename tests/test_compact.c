@@ -39,8 +39,9 @@ static bool has_value(struct kvs_engine *e, const void *key, size_t klen, const 
     const void *v;
     size_t n;
 
-    return kvs_engine_get(e, key, klen, &v, &n) == 0 && n == vlen &&
-           (vlen == 0 || memcmp(v, val, n) == 0);
+    if (kvs_engine_get(e, key, klen, &v, &n) != 0 || n != vlen)
+        return false;
+    return vlen == 0 || (v != NULL && val != NULL && memcmp(v, val, n) == 0);
 }
 
 static bool is_missing(struct kvs_engine *e, const char *key)
@@ -341,6 +342,8 @@ static void random_op(struct kvs_engine *e, struct model *m, uint64_t *rng)
         struct get_check *g = malloc(sizeof(*g));
 
         CU_ASSERT_FATAL(g != NULL);
+        if (g == NULL)
+            return;
         g->m = m;
         g->key = key;
         g->want = m->version[key];

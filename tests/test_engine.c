@@ -39,7 +39,7 @@ static void expect_value(struct kvs_engine *e, const void *key, size_t klen, con
     if (rc == 0) {
         CU_ASSERT_EQUAL(n, vlen);
         if (n == vlen)
-            CU_ASSERT(vlen == 0 || memcmp(v, val, vlen) == 0);
+            CU_ASSERT(vlen == 0 || (v != NULL && val != NULL && memcmp(v, val, vlen) == 0));
     }
 }
 

@@ -130,6 +130,8 @@ static void test_record_format_and_merge_marker(void)
     CU_ASSERT(format_check(f, sizeof(f), &version) < 0);
     m = merge_encode(ids, 3, &len);
     CU_ASSERT_FATAL(m != NULL);
+    if (m == NULL)
+        return;
     CU_ASSERT_EQUAL(merge_check(m, len), 3);
     CU_ASSERT_EQUAL(merge_id(m, 2), 9);
     m[13] ^= 1;

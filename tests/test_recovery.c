@@ -193,6 +193,33 @@ static void test_recovery_bad_checksum_at_tail_is_cut(void)
     tutil_rmtree(dir);
 }
 
+static void test_recovery_torn_tail_before_empty_newest(void)
+{
+    char *dir = tutil_mkdtemp("tornrot");
+    struct kvs_engine *e = open_opt(dir, NULL);
+    struct kvs_engine_stats st;
+    uint8_t *seg;
+    size_t len = 0;
+
+    CU_ASSERT_EQUAL(kvs_engine_set(e, "a", 1, "1", 1), 0);
+    CU_ASSERT_EQUAL(kvs_engine_set(e, "b", 1, "2", 1), 0);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    /* A crash right after a rotation: the new segment exists but is empty, the previous
+     * segment's last batch was cut short and its hint was never written. */
+    seg = read_file(dir, "000001.seg", &len);
+    CU_ASSERT_FATAL(seg != NULL && len == 60);
+    write_file(dir, "000001.seg", seg, 45);
+    write_file(dir, "000002.seg", "", 0);
+    e = open_opt(dir, NULL);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_EQUAL(st.recovered_torn_bytes, 15);
+    CU_ASSERT(has_value(e, "a", "1"));
+    CU_ASSERT_EQUAL(kvs_engine_count(e), 1);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    free(seg);
+    tutil_rmtree(dir);
+}
+
 /* Fill a store with 100 records of 84 bytes in 1 KiB segments (13 per segment). */
 static void fill_segments(const char *dir, struct kvs_engine_options *opt)
 {
@@ -359,6 +386,8 @@ void test_recovery_register(void)
     CU_add_test(s, "test_recovery_torn_tail_every_offset", test_recovery_torn_tail_every_offset);
     CU_add_test(s, "test_recovery_bad_checksum_at_tail_is_cut",
                 test_recovery_bad_checksum_at_tail_is_cut);
+    CU_add_test(s, "test_recovery_torn_tail_before_empty_newest",
+                test_recovery_torn_tail_before_empty_newest);
     CU_add_test(s, "test_recovery_flipped_byte_in_older_segment",
                 test_recovery_flipped_byte_in_older_segment);
     CU_add_test(s, "test_recovery_corrupt_newest_middle_is_reported",

@@ -81,8 +81,10 @@ int kvs_engine_close(struct kvs_engine *e);
 
 /*
  * kvs_engine_get - look key up. On success returns 0 and sets *val / *vlen to a view owned by
- * the engine, valid until the next call on this engine. KVS_ENOTFOUND if absent, -errno on I/O
- * error, KVS_ECORRUPT if the record read back fails its checksum.
+ * the engine, valid until the next call on this engine. KVS_ENOTFOUND if absent, KVS_ETOOBIG
+ * if klen is over max_key, -errno on I/O error, KVS_ECORRUPT if the index points past the end
+ * of its segment. Only the value bytes are read; their checksum is not verified on this path
+ * (records are verified at recovery scans and by every compaction; docs/design.md).
  */
 int kvs_engine_get(struct kvs_engine *e, const void *key, size_t klen, const void **val,
                    size_t *vlen);
@@ -105,8 +107,14 @@ int kvs_engine_compact(struct kvs_engine *e);
  */
 typedef void (*kvs_engine_done_fn)(void *ctx, int res, const void *val, size_t vlen);
 
-/* key and val are copied before the call returns. Return 0 when queued (done will be called
- * exactly once), or a negative error and done is not called. */
+/*
+ * key and val are copied before the call returns. Return 0 when accepted: done will then be
+ * called exactly once, with the operation's outcome -- 0, KVS_ENOTFOUND (get of a missing key,
+ * remove of a missing key: nothing is written), KVS_ETOOBIG (over max_key / max_value),
+ * KVS_EFAILED (the store failed earlier), -errno (I/O). Such outcomes known at once are
+ * reported through done before the call returns. A negative return means nothing was queued
+ * and done is not called: -ENOMEM, KVS_ECLOSED (kvs_engine_close has started).
+ */
 int kvs_engine_get_async(struct kvs_engine *e, const void *key, size_t klen,
                          kvs_engine_done_fn done, void *ctx);
 /* done fires after the record's bytes are written (and fdatasync'ed under ALWAYS). The new
@@ -117,7 +125,10 @@ int kvs_engine_remove_async(struct kvs_engine *e, const void *key, size_t klen,
                             kvs_engine_done_fn done, void *ctx);
 /* Remove every key (FLUSHALL): durable like a set; done fires once. */
 int kvs_engine_clear_async(struct kvs_engine *e, kvs_engine_done_fn done, void *ctx);
-/* Start a compaction if none runs; it proceeds in bounded steps on the ring. 0 or -EBUSY. */
+/* Start a compaction if none runs; it proceeds in bounded steps on the ring. It first rotates
+ * the active segment so that everything written so far is included. Returns 0 (done fires when
+ * it finishes, with 0 or an error: KVS_ECORRUPT -- the log names file and offset --, -errno,
+ * KVS_ECLOSED if close interrupted it) or -EBUSY (one is running; done is not called). */
 int kvs_engine_compact_async(struct kvs_engine *e, kvs_engine_done_fn done, void *ctx);
 
 /* kvs_engine_flush - submit the write batch collected so far (one WRITE_FIXED, linked
