@@ -49,8 +49,6 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     if (err == NULL || errlen == 0)
         return;
     va_start(ap, fmt);
-    /* The same clang-analyzer false positive as in engine/log.c: ap was just started. */
-    // NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized)
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
 }

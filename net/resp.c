@@ -258,9 +258,6 @@ int kvs_resp_append_errorf(struct kvs_buf *b, const char *fmt, ...)
     int n;
 
     va_start(ap, fmt);
-    /* clang-analyzer reports ap as uninitialised here although va_start just ran (the same
-     * false positive as in engine/log.c). */
-    // NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized)
     n = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     if (n < 0)
