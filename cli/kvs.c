@@ -145,7 +145,14 @@ int main(int argc, char **argv)
     } else {
         print_stats(e, dir);
     }
-    if (rc < 0) {
+    if (rc == KVS_ETOOBIG) {
+        fprintf(stderr,
+                "kvs: %s: key of %zu bytes or value of %zu bytes is over the limit "
+                "(max_key %u, max_value %llu bytes)\n",
+                pos[0], strlen(pos[1]), npos > 2 ? strlen(pos[2]) : (size_t)0, opt.max_key,
+                (unsigned long long)opt.max_value);
+        status = 1;
+    } else if (rc < 0) {
         fprintf(stderr, "kvs: %s: %s\n", pos[0], kvs_strerror(rc));
         status = 1;
     }

@@ -349,6 +349,8 @@ static int sync_start(struct kvs_engine *e, struct seg *s)
     return 0;
 }
 
+static void arm_timer(struct kvs_engine *e);
+
 static void timer_cb(void *ctx, int res, uint32_t flags)
 {
     struct kvs_engine *e = ctx;
@@ -369,6 +371,9 @@ static void timer_cb(void *ctx, int res, uint32_t flags)
         if (sync_start(e, NULL) < 0)
             store_fail(e, -ENOMEM, "directory fsync");
     }
+    /* A sync was still running: look again in a second rather than wait for the next write. */
+    if (e->dirty)
+        arm_timer(e);
 }
 
 static void arm_timer(struct kvs_engine *e)

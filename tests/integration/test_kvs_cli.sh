@@ -81,6 +81,13 @@ check_usage "unknown option" "$KVS" --bogus get a
 
 check "error on a file as directory" 1 "" -- "$KVS" --dir /dev/null get a
 
+bigkey=$(head -c 65537 /dev/zero | tr '\0' k)
+check "key over max_key" 1 "" -- "$KVS" --dir "$d" set "$bigkey" v
+if ! grep -q 'over the limit' "$work/stderr"; then
+    echo "FAIL: key over max_key: no clear message: $(cat "$work/stderr")"
+    fails=$((fails + 1))
+fi
+
 if [ "$fails" -ne 0 ]; then
     echo "$fails check(s) failed"
     exit 1
