@@ -654,6 +654,7 @@ static size_t conn_parse(struct conn *c, char *buf, size_t len)
     struct shard *sh = c->sh;
     size_t off = 0;
 
+    c->need = 0;
     while (off < len && !c->closed && !c->close_after) {
         int rc;
 
@@ -683,8 +684,10 @@ static size_t conn_parse(struct conn *c, char *buf, size_t len)
             conn_protocol_error(c, c->parser.err != NULL ? c->parser.err : "Protocol error");
             return len;
         }
-        if (rc == 0)
+        if (rc == 0) {
+            c->need = c->parser.need; /* counted from buf + off: the unparsed rest */
             break;
+        }
         off += (size_t)rc;
         if (c->parser.argc == 0)
             continue;
@@ -722,10 +725,12 @@ static void conn_process_input(struct conn *c)
          * position. */
         kvs_resp_request_reset(&c->parser);
     }
+    /* Size the buffer once for a large request whose header has been read, so that the
+     * rest arrives without reallocations (and the parser can resume where it stopped). */
     if (c->in.len == 0 && c->in.cap > KEEP_BUF_MAX)
         kvs_buf_fini(&c->in);
-    else if (c->in.len > 0 && c->parser.need > c->in.len)
-        (void)kvs_buf_reserve(&c->in, c->parser.need - c->in.len);
+    else if (c->in.len > 0 && c->need > c->in.len)
+        (void)kvs_buf_reserve(&c->in, c->need - c->in.len);
     c->in_proc = false;
 }
 
@@ -747,8 +752,11 @@ static void conn_feed(struct conn *c, char *data, size_t n)
         conn_protocol_error(c, "out of memory for the query buffer");
         return;
     }
-    if (!c->paused)
+    /* A large value arriving in pieces: no point parsing until all of it is here. */
+    if (!c->paused && c->in.len >= c->need)
         conn_process_input(c);
+    else if (c->need > c->in.len)
+        (void)kvs_buf_reserve(&c->in, c->need - c->in.len);
 }
 
 static void conn_maybe_close(struct conn *c)

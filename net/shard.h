@@ -144,6 +144,7 @@ struct conn {
     struct conn *dirty_next;
     struct conn *prev, *next; /* all open connections of the shard */
     struct kvs_buf in;        /* received bytes not yet parsed */
+    size_t need;              /* bytes the unparsed rest must reach before parsing again */
     struct kvs_buf out;       /* replies in order, not yet handed to the kernel */
     struct kvs_buf sending;   /* bytes of the send in flight */
     size_t sent;
