@@ -189,8 +189,12 @@ def main(argv, repo):
         servers.stop_all()
     results["finished"] = _now() if not results["interrupted"] else None
     results["elapsed_s"] = time.monotonic() - t_start
-    for w in report.write_all(results, out, plots_on=not args.no_plots):
-        print(f"warning: {w}", file=sys.stderr)
+    try:
+        for w in report.write_all(results, out, plots_on=not args.no_plots):
+            print(f"warning: {w}", file=sys.stderr)
+    except Interrupted:
+        print("scripts/perf: interrupted while writing the report", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"wrote {os.path.join(out, 'report.md')} and results.json "
           f"({results['elapsed_s'] / 60:.1f} min)")
     if code == EXIT_FAILED:

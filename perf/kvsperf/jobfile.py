@@ -114,8 +114,11 @@ def parse_enum(*choices):
 
 
 def parse_cpus(text):
-    """A CPU list as taskset -c takes it: 0, 0-3, 0,2,4-5. Returns the sorted CPU numbers."""
-    what = "a CPU list such as 0, 1-3 or 0,2"
+    """A CPU list as taskset -c takes it: 0, 0-3, 0,2,4-5; returns the sorted CPU numbers.
+    'all' returns None (not pinned), so that a job can undo a [global] pinning."""
+    what = "a CPU list such as 0, 1-3 or 0,2, or 'all' (not pinned)"
+    if text == "all":
+        return None
     cpus = set()
     for part in text.split(","):
         m = re.match(r"^(\d+)(?:-(\d+))?$", part.strip())
@@ -289,7 +292,8 @@ KEYS = {k.name: k for k in [
     Key("appendfsync", parse_enum("always", "everysec", "no"), None,
         "redis-server --appendfsync (implies appendonly=yes; default everysec)",
         server="redis"),
-    Key("server_cpus", parse_cpus, None, "pin the server with taskset -c (default: unpinned)"),
+    Key("server_cpus", parse_cpus, None,
+        "pin the server with taskset -c; 'all' = unpinned (the default)"),
     Key("startup_timeout", _ranged_duration(0.1), 60.0,
         "how long to wait for the first answer after a (re)start"),
     # The load: kvs-bench options.
@@ -315,7 +319,8 @@ KEYS = {k.name: k for k in [
         "SET every key this many times before the run (yes = 1; 5 = 80% dead data)"),
     Key("seed", _ranged_int(0, 2**63 - 1), 1, "kvs-bench --seed"),
     Key("verify", parse_bool, False, "kvs-bench --verify (check GET replies)"),
-    Key("client_cpus", parse_cpus, None, "pin kvs-bench with taskset -c (default: unpinned)"),
+    Key("client_cpus", parse_cpus, None,
+        "pin kvs-bench with taskset -c; 'all' = unpinned (the default)"),
     Key("bench_args", parse_words, [], "extra command-line words for kvs-bench",
         empty_ok=True),
     Key("timeout", _ranged_duration(1.0), 300.0,

@@ -351,8 +351,9 @@ def _file_section(f, disk, plots):
             out += ["", f"`{j['name']}` run {e.get('repeat', '?')}: sent {e['command']}{when} "
                     f"({what}){took}."]
     if any(j["summary"].get("events") for j in jobs):
-        out += ["", "The stores during each job (after the prefill → at the end; median): "
-                "a steady job should show no compaction or rewrite of its own.", ""]
+        out += ["", "What the stores did during each job (INFO persistence after the prefill → "
+                "at the end; median). A job without an event should show no compaction or "
+                "rewrite of its own.", ""]
         rows = []
         for j in jobs:
             st = j["summary"].get("store") or {}

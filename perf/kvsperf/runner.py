@@ -131,7 +131,11 @@ class Runner:
     def run_unit(self, stem, job, rep, label):
         tag = f"{stem}-{job.name}-r{rep + 1}"
         unit = {"repeat": rep + 1, "ok": False, "error": None, "warnings": []}
-        data_dir = tempfile.mkdtemp(prefix=f"kvsperf-{job.name}-", dir=self.data_root)
+        try:
+            data_dir = tempfile.mkdtemp(prefix=f"kvsperf-{job.name}-", dir=self.data_root)
+        except OSError as e:
+            unit["error"] = f"cannot create a data dir under {self.data_root}: {e.strerror}"
+            return unit
         unit["data_dir"] = data_dir
         srv = Server(job, self.bins, data_dir, self._path("logs", tag + ".server.log"))
         try:

@@ -315,6 +315,13 @@ rate=12k
         self.assertEqual(a.description, "first job")
         self.assertEqual(b.description, "")
 
+    def test_cpus_all_undoes_global_pinning(self):
+        a, b = parse("[global]\nserver_cpus=0\nclient_cpus=1\n[a]\n[b]\nserver_cpus=all\n"
+                     "client_cpus=all\n").jobs
+        self.assertEqual((a["server_cpus"], a["client_cpus"]), ([0], [1]))
+        self.assertEqual((b["server_cpus"], b["client_cpus"]), (None, None))
+        self.assertEqual(b.where["server_cpus"], 6)
+
     def test_requests_in_job_replaces_global_duration(self):
         b = parse(self.GOOD).jobs[1]
         self.assertEqual(b["requests"], 500000)
