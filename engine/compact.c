@@ -52,6 +52,8 @@ struct compaction {
     struct hint_buf oh;
     struct cmove *mv;
     size_t nmv, capmv;
+    struct seg *sw; /* finished output whose index entries are being switched */
+    size_t swpos;
     int hintfd, pending, r[3];
     int mergefd;
     uint8_t *merge;
@@ -196,15 +198,22 @@ static int note_copy(struct compaction *cp, const uint8_t *rec, const struct rec
 
 /* ---- finishing an output segment ---- */
 
-static void switch_index(struct compaction *cp)
+/* Index switches done per loop turn: an output of small records can hold hundreds of
+ * thousands, and the shard must keep answering requests meanwhile. */
+#define SWITCH_BATCH 8192
+
+static void switch_cb(void *ctx, int res, uint32_t flags);
+
+/* Switch the copied records cp->mv[swpos .. end) of the finished output cp->sw. */
+static void switch_range(struct compaction *cp, size_t end)
 {
     struct kvs_engine *e = cp->e;
 
-    for (size_t i = 0; i < cp->nmv; i++) {
-        const struct cmove *m = &cp->mv[i];
+    for (; cp->swpos < end; cp->swpos++) {
+        const struct cmove *m = &cp->mv[cp->swpos];
         const uint8_t *key = cp->oh.data + m->key_pos;
         struct index_loc expect = {m->old_seg, m->old_off, m->vlen, m->seq};
-        struct index_loc loc = {cp->out->id, m->new_off, m->vlen, m->seq};
+        struct index_loc loc = {cp->sw->id, m->new_off, m->vlen, m->seq};
         uint64_t sz = record_size(m->klen, m->vlen);
 
         /* Only where the key still points at the copy we made: a set or remove that came
@@ -214,10 +223,38 @@ static void switch_index(struct compaction *cp)
 
             if (os != NULL)
                 os->live -= sz;
-            cp->out->live += sz;
+            cp->sw->live += sz;
         }
     }
+}
+
+/*
+ * Switch the next SWITCH_BATCH entries; when more remain, yield to the ring with a zero
+ * timeout and continue from its completion. The output is durable and renamed by now, so a
+ * switched entry never points at a file that could still be deleted.
+ */
+static void switch_some(struct compaction *cp)
+{
+    size_t end = cp->swpos + SWITCH_BATCH < cp->nmv ? cp->swpos + SWITCH_BATCH : cp->nmv;
+
+    switch_range(cp, end);
+    if (cp->swpos < cp->nmv) {
+        if (kvs_ring_timeout(cp->e->ring, 0, switch_cb, cp) >= 0)
+            return;
+        switch_range(cp, cp->nmv); /* cannot yield: finish in one go */
+    }
     cp->nmv = 0;
+    cp->swpos = 0;
+    cp->sw = NULL;
+    hint_fini(&cp->oh);
+    step(cp);
+}
+
+static void switch_cb(void *ctx, int res, uint32_t flags)
+{
+    (void)res;
+    (void)flags;
+    switch_some(ctx);
 }
 
 static void out_done(struct compaction *cp)
@@ -247,10 +284,11 @@ static void out_done(struct compaction *cp)
     }
     e->st.fsyncs += 2;
     cp->out->has_hint = true;
-    switch_index(cp);
+    /* From here the output belongs to the segment table; fail() must not touch it. */
+    cp->sw = cp->out;
     cp->out = NULL;
-    hint_fini(&cp->oh);
-    step(cp);
+    cp->swpos = 0;
+    switch_some(cp);
 }
 
 static void out_cb(struct compaction *cp, int i, int res)

@@ -506,6 +506,45 @@ static void test_compact_record_larger_than_step(void)
     tutil_rmtree(dir);
 }
 
+static void test_compact_switches_many_records_in_batches(void)
+{
+    char *dir = tutil_mkdtemp("manysw");
+    struct kvs_engine_options opt;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+    char key[16], val[16];
+    int bad = 0;
+
+    small_opts(&opt);
+    opt.segment_size = 4 << 20; /* one output holds all 20000 live records */
+    e = open_opt(dir, &opt);
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 20000; i++) {
+            snprintf(key, sizeof(key), "k%d", i);
+            snprintf(val, sizeof(val), "v%d-%d", i, round);
+            CU_ASSERT_EQUAL_FATAL(
+                kvs_engine_set_async(e, key, strlen(key), val, strlen(val), NULL, NULL), 0);
+            if (i % 256 == 255)
+                kvs_engine_flush(e);
+        }
+    }
+    CU_ASSERT_EQUAL(kvs_engine_compact(e), 0);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_EQUAL(st.dead_bytes, 0);
+    CU_ASSERT_EQUAL(st.keys, 20000);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    e = open_opt(dir, &opt);
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        snprintf(val, sizeof(val), "v%d-1", i);
+        if (!has_value(e, key, strlen(key), val, strlen(val)))
+            bad++;
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    tutil_rmtree(dir);
+}
+
 void test_compact_register(void);
 
 void test_compact_register(void)
@@ -526,6 +565,8 @@ void test_compact_register(void)
                 test_compact_interleaves_with_async_ops);
     CU_add_test(s, "test_compact_starts_automatically", test_compact_starts_automatically);
     CU_add_test(s, "test_compact_record_larger_than_step", test_compact_record_larger_than_step);
+    CU_add_test(s, "test_compact_switches_many_records_in_batches",
+                test_compact_switches_many_records_in_batches);
     if (rc < 0) {
         printf("SKIP: compact suite: io_uring unavailable: %s\n", kvs_strerror(rc));
         CU_set_suite_active(s, CU_FALSE);
