@@ -4,9 +4,11 @@
  * mix, sequential and seeded streams, and the --verify value round trip: a value written for
  * (key, version) checks good, and every corruption the check promises to catch is caught
  * (flipped byte anywhere, truncation, extension, another key's value, a version never issued,
- * a nil reply).
+ * a nil reply), also with several threads writing the same keys concurrently (marker for the
+ * ThreadSanitizer build: KVS_TEST_THREADS).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,6 +255,49 @@ static void test_workload_verify_catches_wrong_values(void)
     kvs_workload_free(w);
 }
 
+struct writer {
+    struct kvs_workload *w;
+    int bad; /* values a concurrent reader would have rejected */
+};
+
+/* Write every key of a small keyspace many times, checking each value right after, while
+ * another thread does the same: the shared version counters must keep every value valid. */
+static void *writer_main(void *arg)
+{
+    struct writer *wr = arg;
+    char buf[64];
+
+    for (int round = 0; round < 2000; round++) {
+        for (uint64_t id = 0; id < 8; id++) {
+            uint64_t ver = kvs_workload_issue_version(wr->w, id);
+            size_t len = (size_t)kvs_workload_verify_len(wr->w, id, ver);
+            uint64_t got;
+
+            kvs_workload_value_fill(wr->w, id, ver, buf, len);
+            wr->bad += kvs_workload_value_check(wr->w, id, buf, len, &got) != KVS_VERIFY_OK;
+        }
+    }
+    return NULL;
+}
+
+static void test_workload_verify_concurrent_writers_are_accepted(void)
+{
+    struct kvs_workload *w = mk(8, 1, 1, 24, 64, true);
+    struct writer wr[2] = {{w, 0}, {w, 0}};
+    pthread_t tid[2];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    for (int i = 0; i < 2; i++)
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&tid[i], NULL, writer_main, &wr[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(tid[i], NULL);
+    CU_ASSERT_EQUAL(wr[0].bad + wr[1].bad, 0);
+    /* Every version was issued exactly once: 2 threads x 2000 rounds per key. */
+    for (uint64_t id = 0; id < 8; id++)
+        CU_ASSERT_EQUAL(kvs_workload_issue_version(w, id), 4001);
+    kvs_workload_free(w);
+}
+
 static void test_workload_bad_configs_are_refused(void)
 {
     struct kvs_workload_config cfg = {
@@ -294,5 +339,7 @@ void test_workload_register(void)
     CU_add_test(s, "verify_catches_every_flipped_byte",
                 test_workload_verify_catches_every_flipped_byte);
     CU_add_test(s, "verify_catches_wrong_values", test_workload_verify_catches_wrong_values);
+    CU_add_test(s, "verify_concurrent_writers_are_accepted",
+                test_workload_verify_concurrent_writers_are_accepted);
     CU_add_test(s, "bad_configs_are_refused", test_workload_bad_configs_are_refused);
 }
