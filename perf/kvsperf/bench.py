@@ -131,6 +131,9 @@ def extract(doc, json_path="kvs-bench JSON"):
         "warmup_ops": _get(doc, r + ["warmup_requests"], "warm-up replies", json_path),
         "unanswered": _get(doc, r + ["unanswered"], "unanswered requests", json_path),
         "late_sends": _get(doc, r + ["late_sends"], "late sends", json_path),
+        # Open loop: requests whose intended time passed but were never sent (the server fell
+        # behind), so the offered rate was not achieved. Newer kvs-bench only, hence .get.
+        "unsent": doc.get("result", {}).get("unsent", 0),
         "prefill_s": _get(doc, r + ["prefill_s"], "prefill seconds", json_path),
         "prefill_errors": _get(doc, r + ["prefill_errors"], "prefill errors", json_path),
         "latency_us": _latency(doc, "all", json_path),

@@ -71,6 +71,7 @@ def summarize(job):
                 "offered": stat(p["offered"] for p in pts),
                 "throughput": stat(p["throughput"] for p in pts),
                 **{p: stat(q["latency_us"][p] for q in pts) for p in ("p50", "p99", "p99.9")},
+                "unsent": stat(q.get("unsent", 0) for q in pts),
             })
         s["sweep"] = points
     ev = []
@@ -335,9 +336,11 @@ def _file_section(f, disk, plots):
                 f"{cell(j['summary']['throughput'])} ops/s):", ""]
         rows = [[f"{p['point']:g}%" if unit == "%" else f"{p['point']:,.0f}",
                  cell(p["offered"]), cell(p["throughput"]), cell(p["p50"]), cell(p["p99"]),
-                 cell(p["p99.9"])] for p in sw]
+                 cell(p["p99.9"]), _num(_med(p.get("unsent")))] for p in sw]
         out.append(_table(["offered", "offered ops/s", "achieved ops/s", "p50 µs", "p99 µs",
-                           "p99.9 µs"], rows))
+                           "p99.9 µs", "unsent"], rows))
+        out += ["", "*unsent*: requests whose send time passed without a free connection slot; "
+                "above 0 the offered rate was not reached there."]
     for j in jobs:
         for e in j["summary"].get("events", []):
             what = e.get("reply", e.get("error", "?"))

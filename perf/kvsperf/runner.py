@@ -381,6 +381,8 @@ def _summary(m):
     s = f"{m['throughput']:,.0f} ops/s  p50 {lat['p50']:,.0f} us  p99 {lat['p99']:,.0f} us"
     if m["errors"]:
         s += f"  errors {m['errors']:,}"
+    if m.get("unsent"):
+        s += f"  unsent {m['unsent']:,} (the offered rate was not reached)"
     return s
 
 
