@@ -5,9 +5,11 @@
  * fsync=always, FLUSHALL, index-only queries.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <CUnit/CUnit.h>
 
@@ -423,6 +425,44 @@ static void test_engine_scan_count_stats(void)
     tutil_rmtree(dir);
 }
 
+static void test_engine_write_error_makes_store_read_only(void)
+{
+    char *dir = tutil_mkdtemp("wfail");
+    struct kvs_engine_options opt;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+    struct rlimit old, lim;
+    uint8_t val[8192];
+
+    memset(val, 'v', sizeof(val));
+    kvs_engine_options_init(&opt);
+    opt.fsync = KVS_FSYNC_ALWAYS;
+    e = open_dir(dir, &opt);
+    CU_ASSERT_EQUAL(kvs_engine_set(e, "before", 6, "ok", 2), 0);
+    /* A file size limit makes the next write fail with EFBIG, like a full disk would. */
+    CU_ASSERT_FATAL(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = 4096;
+    CU_ASSERT_FATAL(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    CU_ASSERT_EQUAL(kvs_engine_set(e, "big", 3, val, sizeof(val)), -EFBIG);
+    CU_ASSERT_FATAL(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, SIG_DFL);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT(st.failed);
+    /* Never retried: later writes are refused, reads keep working. */
+    CU_ASSERT_EQUAL(kvs_engine_set(e, "after", 5, "no", 2), KVS_EFAILED);
+    CU_ASSERT_EQUAL(kvs_engine_remove(e, "before", 6), KVS_EFAILED);
+    expect_value(e, "before", 6, "ok", 2);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), KVS_EFAILED);
+    /* What was acknowledged survives; the failed write left at most a torn tail. */
+    e = open_dir(dir, &opt);
+    expect_value(e, "before", 6, "ok", 2);
+    expect_missing(e, "after", 5);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    tutil_rmtree(dir);
+}
+
 static void test_engine_parse_fsync(void)
 {
     enum kvs_fsync f;
@@ -458,6 +498,8 @@ void test_engine_register(void)
     CU_add_test(s, "test_engine_fsync_always_sync_sets", test_engine_fsync_always_sync_sets);
     CU_add_test(s, "test_engine_clear_is_durable", test_engine_clear_is_durable);
     CU_add_test(s, "test_engine_scan_count_stats", test_engine_scan_count_stats);
+    CU_add_test(s, "test_engine_write_error_makes_store_read_only",
+                test_engine_write_error_makes_store_read_only);
     CU_add_test(s, "test_engine_parse_fsync", test_engine_parse_fsync);
     if (rc < 0) {
         printf("SKIP: engine suite: io_uring unavailable: %s\n", kvs_strerror(rc));
