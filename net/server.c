@@ -478,7 +478,7 @@ static int wait_signal(const sigset_t *set)
 
 int kvs_server_run(const struct kvs_server_config *cfg)
 {
-    struct server srv;
+    struct server *srv = calloc(1, sizeof(struct server));
     struct kvs_ring *ctl = NULL;
     struct kvs_ring_options ropt = {.entries = 64, .no_single_issuer = true};
     sigset_t set;
@@ -488,27 +488,31 @@ int kvs_server_run(const struct kvs_server_config *cfg)
     unsigned long inodes[KVS_SERVER_MAX_SHARDS];
     bool barrier_ready = false;
 
-    memset(&srv, 0, sizeof(srv));
-    srv.cfg = *cfg;
-    srv.main_thread = pthread_self();
-    srv.started = time(NULL);
-    atomic_init(&srv.clients, 0);
-    srv.limits.max_bulk_len = cfg->max_bulk;
-    srv.limits.max_array_len = cfg->max_args;
-    srv.limits.max_inline_len = cfg->max_inline;
-    if (parse_addr(&srv) < 0) {
+    if (srv == NULL)
+        return -ENOMEM;
+    srv->cfg = *cfg;
+    srv->main_thread = pthread_self();
+    srv->started = time(NULL);
+    atomic_init(&srv->clients, 0);
+    srv->limits.max_bulk_len = cfg->max_bulk;
+    srv->limits.max_array_len = cfg->max_args;
+    srv->limits.max_inline_len = cfg->max_inline;
+    if (parse_addr(srv) < 0) {
         KVS_ERROR("bad address '%s': expected IP:PORT, e.g. 127.0.0.1:4000", cfg->addr);
-        return -EINVAL;
+        rc = -EINVAL;
+        goto out;
     }
     if (strcmp(cfg->engine, KVS_ENGINE_NAME) != 0) {
         KVS_ERROR("unknown engine '%s'; this build has only '%s'", cfg->engine, KVS_ENGINE_NAME);
-        return -EINVAL;
+        rc = -EINVAL;
+        goto out;
     }
     ncpus = cpus_allowed(cpus, KVS_SERVER_MAX_SHARDS);
-    srv.nshards = cfg->shards != 0 ? cfg->shards : (ncpus > 0 ? ncpus : 1);
-    if (srv.nshards > KVS_SERVER_MAX_SHARDS) {
-        KVS_ERROR("--shards %u is over the limit of %d", srv.nshards, KVS_SERVER_MAX_SHARDS);
-        return -EINVAL;
+    srv->nshards = cfg->shards != 0 ? cfg->shards : (ncpus > 0 ? ncpus : 1);
+    if (srv->nshards > KVS_SERVER_MAX_SHARDS) {
+        KVS_ERROR("--shards %u is over the limit of %d", srv->nshards, KVS_SERVER_MAX_SHARDS);
+        rc = -EINVAL;
+        goto out;
     }
 
     /* Signals: every thread inherits this mask, so only sigwait() below sees them. */
@@ -522,7 +526,7 @@ int kvs_server_run(const struct kvs_server_config *cfg)
     if (mkdir(cfg->dir, 0755) < 0 && errno != EEXIST) {
         rc = -errno;
         KVS_ERROR("cannot create data directory %s: %s", cfg->dir, kvs_strerror(rc));
-        return rc;
+        goto out;
     }
     rc = lock_dir(cfg->dir, &lock_fd);
     if (rc < 0) {
@@ -530,12 +534,12 @@ int kvs_server_run(const struct kvs_server_config *cfg)
             KVS_ERROR("data directory %s is in use by another kvs-server", cfg->dir);
         else
             KVS_ERROR("cannot lock data directory %s: %s", cfg->dir, kvs_strerror(rc));
-        return rc;
+        goto out;
     }
-    rc = check_dir(&srv);
+    rc = check_dir(srv);
     if (rc < 0)
         goto out;
-    rc = probe_port(&srv);
+    rc = probe_port(srv);
     if (rc < 0) {
         if (rc == -EADDRINUSE)
             KVS_ERROR("address %s is already in use (is another kvs-server running?)", cfg->addr);
@@ -548,28 +552,29 @@ int kvs_server_run(const struct kvs_server_config *cfg)
         KVS_ERROR("cannot create io_uring: %s", kvs_strerror(rc));
         goto out;
     }
-    rc = alloc_shards(&srv, cpus, ncpus);
+    rc = alloc_shards(srv, cpus, ncpus);
     if (rc < 0) {
-        KVS_ERROR("out of memory setting up %u shards", srv.nshards);
+        KVS_ERROR("out of memory setting up %u shards", srv->nshards);
         goto out;
     }
-    if (pthread_barrier_init(&srv.barrier, NULL, srv.nshards + 1) != 0) {
+    if (pthread_barrier_init(&srv->barrier, NULL, srv->nshards + 1) != 0) {
         rc = -ENOMEM;
         goto out;
     }
     barrier_ready = true;
-    for (; started < srv.nshards; started++) {
-        int e = pthread_create(&srv.shards[started]->thread, NULL, shard_main, srv.shards[started]);
+    for (; started < srv->nshards; started++) {
+        int e =
+            pthread_create(&srv->shards[started]->thread, NULL, shard_main, srv->shards[started]);
 
         if (e != 0) {
             /* The barrier counts every shard: without them all, start-up cannot go on. */
             kvs_panic("cannot start shard thread %u: %s", started, strerror(e));
         }
     }
-    pthread_barrier_wait(&srv.barrier);
+    pthread_barrier_wait(&srv->barrier);
     rc = 0;
-    for (unsigned i = 0; i < srv.nshards; i++) {
-        struct shard *sh = srv.shards[i];
+    for (unsigned i = 0; i < srv->nshards; i++) {
+        struct shard *sh = srv->shards[i];
         struct stat st;
 
         if (sh->start_err != 0 && rc == 0) {
@@ -579,24 +584,24 @@ int kvs_server_run(const struct kvs_server_config *cfg)
         inodes[i] = sh->listen_fd >= 0 && fstat(sh->listen_fd, &st) == 0 ? st.st_ino : 0;
     }
     if (rc == 0) {
-        foreign = foreign_listeners(srv.port, inodes, srv.nshards);
+        foreign = foreign_listeners(srv->port, inodes, srv->nshards);
         if (foreign > 0) {
             KVS_ERROR("address %s is already in use: another process listens on port %d "
                       "(is another kvs-server running?)",
-                      cfg->addr, srv.port);
+                      cfg->addr, srv->port);
             rc = -EADDRINUSE;
         } else if (foreign < 0) {
-            KVS_WARN("cannot check for other listeners on port %d: %s", srv.port,
+            KVS_WARN("cannot check for other listeners on port %d: %s", srv->port,
                      kvs_strerror(foreign));
         }
     }
-    srv.abort_start = rc != 0;
-    pthread_barrier_wait(&srv.barrier);
+    srv->abort_start = rc != 0;
+    pthread_barrier_wait(&srv->barrier);
     if (rc != 0)
         goto join;
 
     KVS_INFO("kvs-server %s listening on %s, %u shard(s), fsync %s, engine %s, data in %s",
-             KVS_VERSION, cfg->addr, srv.nshards, kvs_engine_fsync_name(cfg->fsync), cfg->engine,
+             KVS_VERSION, cfg->addr, srv->nshards, kvs_engine_fsync_name(cfg->fsync), cfg->engine,
              cfg->dir);
     sig = wait_signal(&set);
     if (sig == SIGUSR1) {
@@ -606,35 +611,48 @@ int kvs_server_run(const struct kvs_server_config *cfg)
         KVS_INFO("received %s; finishing requests in flight, then syncing and exiting",
                  sig == SIGINT ? "SIGINT" : "SIGTERM");
     }
-    if (stop_shards(&srv, ctl) < 0)
+    if (stop_shards(srv, ctl) < 0)
         KVS_ERROR("cannot tell the shards to stop");
 join:
-    for (unsigned i = 0; i < started; i++) {
-        if (rc == -EIO) {
-            /* After a shard failure the others may wait forever for answers it will never
-             * send: give them the shutdown time, then leave without cleaning up. */
-            struct timespec ts;
+    /* Wait for the shards while still listening for signals: a second SIGINT/SIGTERM means
+     * "now", and after a shard failure the others may wait forever for answers it will never
+     * send, so that case is bounded by the shutdown timeout. */
+    if (started > 0 && !srv->abort_start) {
+        uint64_t waited_ms = 0, limit_ms = (uint64_t)cfg->shutdown_timeout_ms + 5000;
+        struct timespec tick = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
 
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += (time_t)(cfg->shutdown_timeout_ms / 1000) + 5;
-            if (pthread_timedjoin_np(srv.shards[i]->thread, NULL, &ts) != 0) {
-                KVS_ERROR("shard %u does not stop; exiting without a clean shutdown", i);
-                return rc;
+        for (unsigned i = 0; i < started;) {
+            if (pthread_tryjoin_np(srv->shards[i]->thread, NULL) == 0) {
+                if (srv->shards[i]->fail != 0 && rc == 0)
+                    rc = srv->shards[i]->fail;
+                i++;
+                continue;
             }
-            continue;
+            sig = sigtimedwait(&set, NULL, &tick);
+            if (sig == SIGINT || sig == SIGTERM) {
+                KVS_WARN("second %s: exiting at once, without waiting for the shards to sync",
+                         sig == SIGINT ? "SIGINT" : "SIGTERM");
+                return -EINTR; /* srv stays allocated: the shards still use it */
+            }
+            waited_ms += 100;
+            if (rc == -EIO && waited_ms > limit_ms) {
+                KVS_ERROR("shard %u does not stop; exiting without a clean shutdown", i);
+                return -ETIMEDOUT; /* srv stays allocated, as above */
+            }
         }
-        pthread_join(srv.shards[i]->thread, NULL);
-        if (srv.shards[i]->fail != 0 && rc == 0)
-            rc = srv.shards[i]->fail;
+    } else {
+        for (unsigned i = 0; i < started; i++)
+            pthread_join(srv->shards[i]->thread, NULL);
     }
     if (rc == 0)
         KVS_INFO("all shards synced; bye");
 out:
     if (barrier_ready)
-        pthread_barrier_destroy(&srv.barrier);
-    free_shards(&srv);
+        pthread_barrier_destroy(&srv->barrier);
+    free_shards(srv);
     kvs_ring_free(ctl);
     if (lock_fd >= 0)
         close(lock_fd);
+    free(srv);
     return rc;
 }

@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from kvs_server_util import Server, free_port, run_server  # noqa: E402
@@ -120,6 +121,44 @@ def test_max_clients_refused_with_error():
         for s in held:
             s.close()
         check(a.stop() == 0, "clean stop")
+
+
+def stuck_reader(port, r):
+    """A client with a lot of output pending that never reads it."""
+    r.set("big", os.urandom(4 << 20))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET big\r\n" * 20)
+    # Once the server answered a PING on another connection after our GETs were sent, they
+    # are (at least partly) queued on the server side.
+    check(r.ping(), "ping")
+    return s
+
+
+def test_shutdown_closes_clients_that_never_read():
+    with Server(args=["--shards", "2", "--shutdown-timeout", "300"]) as a:
+        a.start()
+        s = stuck_reader(a.port, redis.Redis(port=a.port))
+        check(a.stop() == 0, f"exit status after SIGTERM with a stuck client:\n{a.output()}")
+        check("did not read their replies in time" in a.output(), a.output())
+        s.close()
+
+
+def test_second_signal_exits_at_once():
+    with Server(args=["--shards", "2", "--shutdown-timeout", "600000"]) as a:
+        a.start()
+        s = stuck_reader(a.port, redis.Redis(port=a.port))
+        a.send_signal(signal.SIGTERM)
+        # Bounded wait for the first signal to be logged, then the second one.
+        for _ in range(600):
+            if "received SIGTERM" in a.output():
+                break
+            time.sleep(0.05)
+        a.send_signal(signal.SIGTERM)
+        check(a.wait() == 1, "a second SIGTERM must end the server at once with status 1")
+        check("second SIGTERM" in a.output(), a.output())
+        s.close()
 
 
 def main():

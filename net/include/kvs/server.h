@@ -55,6 +55,11 @@ void kvs_server_config_init(struct kvs_server_config *cfg);
  * too), KVS_ELOCKED (another server uses the directory), KVS_EFORMAT (the directory was made
  * with another engine, format or shard count: the log says what to do), -EINVAL (bad config),
  * or another -errno / KVS_E* code from start-up or a shard failing.
+ *
+ * Two returns leave shard threads running, on purpose: -EINTR (a second SIGINT/SIGTERM asked
+ * for an immediate exit) and -ETIMEDOUT (after a shard failed, the others did not stop in
+ * time). The caller must then end the process at once with _exit(); the server's memory is
+ * left in place for the threads until then.
  */
 int kvs_server_run(const struct kvs_server_config *cfg);
 
