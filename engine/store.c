@@ -893,6 +893,13 @@ static int queue_record(struct kvs_engine *e, uint8_t flags, const void *key, ui
 
 /* ---- asynchronous API ---- */
 
+/* A done callback may be NULL for writes whose outcome the caller does not need. */
+static void call_done(kvs_engine_done_fn done, void *ctx, int res, const void *val, size_t vlen)
+{
+    if (done != NULL)
+        done(ctx, res, val, vlen);
+}
+
 static int check_op(struct kvs_engine *e, size_t klen, size_t vlen, kvs_engine_done_fn done,
                     void *ctx)
 {
@@ -900,17 +907,17 @@ static int check_op(struct kvs_engine *e, size_t klen, size_t vlen, kvs_engine_d
         return KVS_ECLOSED;
     if (klen > e->opt.max_key) {
         KVS_DEBUG("engine %s: key of %zu bytes is over max_key %u", e->dir, klen, e->opt.max_key);
-        done(ctx, KVS_ETOOBIG, NULL, 0);
+        call_done(done, ctx, KVS_ETOOBIG, NULL, 0);
         return 1;
     }
     if (vlen > e->opt.max_value) {
         KVS_DEBUG("engine %s: value of %zu bytes is over max_value %llu", e->dir, vlen,
                   (unsigned long long)e->opt.max_value);
-        done(ctx, KVS_ETOOBIG, NULL, 0);
+        call_done(done, ctx, KVS_ETOOBIG, NULL, 0);
         return 1;
     }
     if (e->failed) {
-        done(ctx, KVS_EFAILED, NULL, 0);
+        call_done(done, ctx, KVS_EFAILED, NULL, 0);
         return 1;
     }
     return 0;
@@ -945,7 +952,7 @@ int kvs_engine_remove_async(struct kvs_engine *e, const void *key, size_t klen,
     if (key == NULL)
         key = empty_byte;
     if (!index_get(e->ix, XXH3_64bits(key, klen), key, klen, &loc)) {
-        done(ctx, KVS_ENOTFOUND, NULL, 0);
+        call_done(done, ctx, KVS_ENOTFOUND, NULL, 0);
         return 0;
     }
     rc = queue_record(e, RECORD_F_TOMB, key, (uint32_t)klen, NULL, 0, done, ctx);
@@ -1037,17 +1044,19 @@ static int get_start(struct kvs_engine *e, const void *key, size_t klen, kvs_eng
     uint64_t voff;
     int rc;
 
+    if (done == NULL)
+        return -EINVAL;
     if (e->closing)
         return KVS_ECLOSED;
     if (klen > e->opt.max_key) {
-        done(ctx, KVS_ETOOBIG, NULL, 0);
+        call_done(done, ctx, KVS_ETOOBIG, NULL, 0);
         return 0;
     }
     if (key == NULL)
         key = empty_byte;
     e->st.gets++;
     if (!index_get(e->ix, XXH3_64bits(key, klen), key, klen, &loc)) {
-        done(ctx, KVS_ENOTFOUND, NULL, 0);
+        call_done(done, ctx, KVS_ENOTFOUND, NULL, 0);
         return 0;
     }
     s = store_seg_find(e, loc.seg);
@@ -1062,7 +1071,7 @@ static int get_start(struct kvs_engine *e, const void *key, size_t klen, kvs_eng
             memcpy(e->getbuf, mem, loc.vlen);
             mem = e->getbuf;
         }
-        done(ctx, 0, mem, loc.vlen);
+        call_done(done, ctx, 0, mem, loc.vlen);
         return 0;
     }
     op = calloc(1, sizeof(*op));

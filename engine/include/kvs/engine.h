@@ -114,6 +114,8 @@ typedef void (*kvs_engine_done_fn)(void *ctx, int res, const void *val, size_t v
  * KVS_EFAILED (the store failed earlier), -errno (I/O). Such outcomes known at once are
  * reported through done before the call returns. A negative return means nothing was queued
  * and done is not called: -ENOMEM, KVS_ECLOSED (kvs_engine_close has started).
+ * done may be NULL for set/remove/clear/compact when the outcome is not needed; a get needs
+ * one (-EINVAL without).
  */
 int kvs_engine_get_async(struct kvs_engine *e, const void *key, size_t klen,
                          kvs_engine_done_fn done, void *ctx);
