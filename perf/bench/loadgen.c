@@ -928,13 +928,13 @@ static void *thread_main(void *arg)
     (void)pthread_setname_np(pthread_self(), name);
 
     ok = thread_setup(t) == 0;
-    /* Gate 1: everyone is connected (or has failed). Decisions after it are unanimous
-     * because every failure was published before it. */
+    /* Gate 1: everyone is connected (or has failed). Every connect failure was published
+     * before its thread arrived, so all threads agree on whether to go on. The prefill start
+     * time is only read by the main thread, so no second gate is needed here. */
     if (gate_wait(&b->gate)) {
         b->t_prefill_start = now_ns();
         atomic_store(&b->phase, PHASE_PREFILL);
     }
-    (void)gate_wait(&b->gate);
     ok = ok && !is_fatal(b) && !is_stopping();
     if (ok) {
         for (unsigned i = 0; i < t->nconns; i++)
@@ -946,7 +946,8 @@ static void *thread_main(void *arg)
             t->pf_left += t->conns[i].pf_end - t->conns[i].pf_next;
         drive(t);
     }
-    /* Gate 2: prefill done everywhere; one thread fixes the run's clock for all. */
+    /* Gate 2: prefill done everywhere; the last thread to arrive fixes the run's clock, and
+     * gate 3 (the second wait) keeps the others from reading it before it is written. */
     if (gate_wait(&b->gate)) {
         uint64_t now = now_ns();
 
