@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -375,6 +377,67 @@ static void test_recovery_leftover_temp_files_removed(void)
     tutil_rmtree(dir);
 }
 
+/* Child: set key0, key1, ... with fsync=always and report each acknowledged index on fd. */
+static void writer_child(const char *dir, int fd)
+{
+    struct kvs_engine_options opt;
+    struct kvs_engine *e = NULL;
+
+    kvs_engine_options_init(&opt);
+    opt.fsync = KVS_FSYNC_ALWAYS;
+    opt.segment_size = 4096; /* rotations and hint writes happen while we are killed */
+    if (kvs_engine_open(dir, &opt, &e, NULL, 0) != 0)
+        _exit(2);
+    for (uint32_t i = 0;; i++) {
+        char key[16], val[64];
+
+        snprintf(key, sizeof(key), "key%u", i);
+        value_for((int)(i % 1000), val, sizeof(val));
+        if (kvs_engine_set(e, key, strlen(key), val, strlen(val)) != 0)
+            _exit(3);
+        if (write(fd, &i, sizeof(i)) != sizeof(i))
+            _exit(4);
+    }
+}
+
+static void test_recovery_after_kill_keeps_acknowledged_sets(void)
+{
+    char *dir = tutil_mkdtemp("kill");
+    struct kvs_engine *e;
+    uint32_t acked = 0, got;
+    int fds[2], status, missing = 0;
+    pid_t pid;
+
+    CU_ASSERT_FATAL(pipe(fds) == 0);
+    pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        writer_child(dir, fds[1]);
+    }
+    close(fds[1]);
+    /* Kill it in the middle of its work, once 300 sets were acknowledged. */
+    while (acked < 300 && read(fds[0], &got, sizeof(got)) == sizeof(got))
+        acked = got + 1;
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    close(fds[0]);
+    CU_ASSERT_EQUAL(acked, 300);
+    e = open_opt(dir, NULL);
+    for (uint32_t i = 0; i < acked; i++) {
+        char key[16], val[64];
+
+        snprintf(key, sizeof(key), "key%u", i);
+        value_for((int)(i % 1000), val, sizeof(val));
+        if (!has_value(e, key, val))
+            missing++;
+    }
+    CU_ASSERT_EQUAL(missing, 0);
+    CU_ASSERT(kvs_engine_count(e) >= acked);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    tutil_rmtree(dir);
+}
+
 void test_recovery_register(void);
 
 void test_recovery_register(void)
@@ -394,6 +457,8 @@ void test_recovery_register(void)
                 test_recovery_corrupt_newest_middle_is_reported);
     CU_add_test(s, "test_recovery_uses_hints_and_ignores_corrupt_ones",
                 test_recovery_uses_hints_and_ignores_corrupt_ones);
+    CU_add_test(s, "test_recovery_after_kill_keeps_acknowledged_sets",
+                test_recovery_after_kill_keeps_acknowledged_sets);
     CU_add_test(s, "test_recovery_format_file_checked", test_recovery_format_file_checked);
     CU_add_test(s, "test_recovery_leftover_temp_files_removed",
                 test_recovery_leftover_temp_files_removed);
