@@ -463,6 +463,37 @@ static void test_engine_write_error_makes_store_read_only(void)
     tutil_rmtree(dir);
 }
 
+static void test_engine_everysec_syncs_after_a_write(void)
+{
+    char *dir = tutil_mkdtemp("everysec");
+    struct kvs_engine_options opt;
+    struct kvs_ring *ring = NULL;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+
+    CU_ASSERT_FATAL(kvs_ring_new(NULL, &ring) == 0);
+    kvs_engine_options_init(&opt);
+    opt.ring = ring;
+    opt.fsync = KVS_FSYNC_EVERYSEC;
+    e = open_dir(dir, &opt);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_EQUAL(st.fsyncs, 0);
+    /* The set completes once written, before any sync ... */
+    CU_ASSERT_EQUAL(kvs_engine_set(e, "k", 1, "v", 1), 0);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_EQUAL(st.fsyncs, 0);
+    CU_ASSERT(kvs_engine_idle(e)); /* the armed timer does not count as work */
+    /* ... and the engine's own timer then syncs it (the ring wakes when it fires). */
+    while (st.fsyncs == 0) {
+        CU_ASSERT_FATAL(kvs_ring_run(ring, 1, 0) >= 0);
+        kvs_engine_stats(e, &st);
+    }
+    CU_ASSERT_EQUAL(st.fsyncs, 1);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    kvs_ring_free(ring);
+    tutil_rmtree(dir);
+}
+
 static void test_engine_parse_fsync(void)
 {
     enum kvs_fsync f;
@@ -500,6 +531,8 @@ void test_engine_register(void)
     CU_add_test(s, "test_engine_scan_count_stats", test_engine_scan_count_stats);
     CU_add_test(s, "test_engine_write_error_makes_store_read_only",
                 test_engine_write_error_makes_store_read_only);
+    CU_add_test(s, "test_engine_everysec_syncs_after_a_write",
+                test_engine_everysec_syncs_after_a_write);
     CU_add_test(s, "test_engine_parse_fsync", test_engine_parse_fsync);
     if (rc < 0) {
         printf("SKIP: engine suite: io_uring unavailable: %s\n", kvs_strerror(rc));
