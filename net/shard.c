@@ -40,6 +40,7 @@
 
 struct keylock {
     struct keylock *next;
+    uint64_t hash;
     struct op *holder;
     struct op *whead, *wtail;
 };
@@ -109,20 +110,22 @@ static bool lock_take(struct shard *sh, struct op *op)
     if (kl == NULL)
         return false;
     kl->holder = op;
+    kl->hash = op->hash;
     *pp = kl;
     return true;
 }
 
-/* Release op's lock and run the ops that queued behind it, in arrival order. A waiter that
- * locks the key again makes the later waiters queue behind it, so order is kept. */
-static void lock_release(struct shard *sh, struct op *op)
+/* Release lock kl and run the ops that queued behind it, in arrival order. A waiter that
+ * locks the key again makes the later waiters queue behind it, so order is kept. The lock is
+ * found by identity, not through its holder, which may already be gone: an engine call may
+ * complete the holder op inside the call that made its new value visible. */
+static void lock_release_kl(struct shard *sh, struct keylock *kl)
 {
-    struct keylock **pp = lock_slot(sh, op);
-    struct keylock *kl = *pp;
+    struct keylock **pp = &sh->locks[kl->hash & sh->nlocks_mask];
     struct op *w;
 
-    if (kl == NULL)
-        return;
+    while (*pp != kl)
+        pp = &(*pp)->next;
     *pp = kl->next;
     w = kl->whead;
     free(kl);
@@ -133,6 +136,14 @@ static void lock_release(struct shard *sh, struct op *op)
         op_exec(sh, w);
         w = next;
     }
+}
+
+static void lock_release(struct shard *sh, struct op *op)
+{
+    struct keylock *kl = *lock_slot(sh, op);
+
+    if (kl != NULL)
+        lock_release_kl(sh, kl);
 }
 
 /* ---- op execution (owner side) ---- */
@@ -211,6 +222,7 @@ static void op_rmw_got(void *ctx, int res, const void *val, size_t vlen)
 {
     struct op *op = ctx;
     struct shard *sh = op->xsh;
+    struct keylock *kl;
     bool exists = res == 0;
     char num[24];
     char *tmp = NULL;
@@ -261,13 +273,15 @@ static void op_rmw_got(void *ctx, int res, const void *val, size_t vlen)
             return;
         }
     }
-    /* The engine copies the value before returning, and val is not used after this call. */
+    /* The engine copies the value before returning, and val is not used after this call.
+     * op may be finished and freed inside the call, so the lock is held by pointer. */
+    kl = *lock_slot(sh, op);
     rc = kvs_engine_set_async(sh->engine, op->key, op->klen, nv, nlen, op_write_done, op);
     free(tmp);
     tmp = NULL;
     if (rc < 0)
         goto fail;
-    lock_release(sh, op);
+    lock_release_kl(sh, kl);
     return;
 fail:
     free(tmp);
