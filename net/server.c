@@ -442,7 +442,7 @@ static int alloc_shards(struct server *srv, const int *cpus, unsigned ncpus)
             return -ENOMEM;
         for (unsigned j = 0; j < n; j++) {
             msg_outbox_init(&sh->outbox[j]);
-            if (j != i && msg_ring_init(&sh->inbox[j], 16384) < 0)
+            if (j != i && msg_ring_init(&sh->inbox[j], SHARD_INBOX_SLOTS) < 0)
                 return -ENOMEM;
         }
     }

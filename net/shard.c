@@ -35,7 +35,6 @@
 #define RECV_BUFSZ   (16 * 1024)
 #define RECV_BGID    1
 #define INBOX_BATCH  256
-#define INBOX_SLOTS  16384
 #define KEEP_BUF_MAX (64 * 1024) /* larger per-connection buffers are freed once empty */
 
 struct keylock {

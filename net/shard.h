@@ -27,6 +27,10 @@ struct shard;
 struct conn;
 struct req;
 
+/* Slots in each inbox ring: deep enough that a burst of forwarded ops from one peer rarely
+ * spills into the producer's overflow queue. */
+#define SHARD_INBOX_SLOTS 16384
+
 /* Message types between shards (struct msg.type). */
 enum {
     MSG_OP = 1,  /* ptr: struct op lent to the owner to execute */
