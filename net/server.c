@@ -81,6 +81,15 @@ static int parse_addr(struct server *srv)
         return -EINVAL;
     memcpy(srv->addr_host, a, hlen);
     srv->addr_host[hlen] = '\0';
+    /* Numeric addresses only (no resolver at start-up), but "localhost" is common enough. */
+    if (srv->family == AF_INET && strcmp(srv->addr_host, "localhost") == 0)
+        strcpy(srv->addr_host, "127.0.0.1");
+    {
+        unsigned char tmp[sizeof(struct in6_addr)];
+
+        if (inet_pton(srv->family, srv->addr_host, tmp) != 1)
+            return -EINVAL;
+    }
     errno = 0;
     port = strtol(colon + 1, &end, 10);
     if (errno != 0 || *end != '\0' || end == colon + 1 || port < 1 || port > 65535)
