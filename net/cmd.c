@@ -25,6 +25,7 @@ typedef void (*cmd_fn)(struct shard *sh, struct req *req, size_t argc, struct kv
 
 struct cmd {
     const char *name;
+    size_t len; /* strlen(name), so that lookup compares lengths first */
     cmd_fn fn;
     const char *flags; /* space-separated, for COMMAND */
     int arity;         /* Redis convention: N exactly, -N at least N (the name counts) */
@@ -1140,35 +1141,35 @@ oom:
 /* ---- COMMAND ---- */
 
 static const struct cmd cmd_table[] = {
-    {"append", cmd_append, "write", 3, 1, 1, 1},
-    {"bgrewriteaof", cmd_compact, "admin noscript", 1, 0, 0, 0},
-    {"client", cmd_client, "admin noscript loading stale", -2, 0, 0, 0},
-    {"command", NULL, "loading stale", -1, 0, 0, 0},
-    {"compact", cmd_compact, "admin noscript", 1, 0, 0, 0},
-    {"config", cmd_config, "admin noscript loading stale", -2, 0, 0, 0},
-    {"dbsize", cmd_dbsize, "readonly fast", 1, 0, 0, 0},
-    {"decr", cmd_decr, "write denyoom fast", 2, 1, 1, 1},
-    {"decrby", cmd_decrby, "write denyoom fast", 3, 1, 1, 1},
-    {"del", cmd_del, "write", -2, 1, -1, 1},
-    {"echo", cmd_echo, "fast", 2, 0, 0, 0},
-    {"exists", cmd_exists, "readonly fast", -2, 1, -1, 1},
-    {"flushall", cmd_flushall, "write", -1, 0, 0, 0},
-    {"flushdb", cmd_flushall, "write", -1, 0, 0, 0},
-    {"get", cmd_get, "readonly fast", 2, 1, 1, 1},
-    {"hello", cmd_hello, "noscript loading stale fast", -1, 0, 0, 0},
-    {"incr", cmd_incr, "write denyoom fast", 2, 1, 1, 1},
-    {"incrby", cmd_incrby, "write denyoom fast", 3, 1, 1, 1},
-    {"info", cmd_info, "loading stale", -1, 0, 0, 0},
-    {"keys", cmd_keys, "readonly", 2, 0, 0, 0},
-    {"mget", cmd_mget, "readonly fast", -2, 1, -1, 1},
-    {"mset", cmd_mset, "write denyoom", -3, 1, -1, 2},
-    {"ping", cmd_ping, "fast", -1, 0, 0, 0},
-    {"quit", cmd_quit, "fast", -1, 0, 0, 0},
-    {"scan", cmd_scan, "readonly", -2, 0, 0, 0},
-    {"select", cmd_select, "loading stale fast", 2, 0, 0, 0},
-    {"set", cmd_set, "write denyoom", -3, 1, 1, 1},
-    {"setnx", cmd_setnx, "write denyoom fast", 3, 1, 1, 1},
-    {"strlen", cmd_strlen, "readonly fast", 2, 1, 1, 1},
+    {"append", sizeof("append") - 1, cmd_append, "write", 3, 1, 1, 1},
+    {"bgrewriteaof", sizeof("bgrewriteaof") - 1, cmd_compact, "admin noscript", 1, 0, 0, 0},
+    {"client", sizeof("client") - 1, cmd_client, "admin noscript loading stale", -2, 0, 0, 0},
+    {"command", sizeof("command") - 1, NULL, "loading stale", -1, 0, 0, 0},
+    {"compact", sizeof("compact") - 1, cmd_compact, "admin noscript", 1, 0, 0, 0},
+    {"config", sizeof("config") - 1, cmd_config, "admin noscript loading stale", -2, 0, 0, 0},
+    {"dbsize", sizeof("dbsize") - 1, cmd_dbsize, "readonly fast", 1, 0, 0, 0},
+    {"decr", sizeof("decr") - 1, cmd_decr, "write denyoom fast", 2, 1, 1, 1},
+    {"decrby", sizeof("decrby") - 1, cmd_decrby, "write denyoom fast", 3, 1, 1, 1},
+    {"del", sizeof("del") - 1, cmd_del, "write", -2, 1, -1, 1},
+    {"echo", sizeof("echo") - 1, cmd_echo, "fast", 2, 0, 0, 0},
+    {"exists", sizeof("exists") - 1, cmd_exists, "readonly fast", -2, 1, -1, 1},
+    {"flushall", sizeof("flushall") - 1, cmd_flushall, "write", -1, 0, 0, 0},
+    {"flushdb", sizeof("flushdb") - 1, cmd_flushall, "write", -1, 0, 0, 0},
+    {"get", sizeof("get") - 1, cmd_get, "readonly fast", 2, 1, 1, 1},
+    {"hello", sizeof("hello") - 1, cmd_hello, "noscript loading stale fast", -1, 0, 0, 0},
+    {"incr", sizeof("incr") - 1, cmd_incr, "write denyoom fast", 2, 1, 1, 1},
+    {"incrby", sizeof("incrby") - 1, cmd_incrby, "write denyoom fast", 3, 1, 1, 1},
+    {"info", sizeof("info") - 1, cmd_info, "loading stale", -1, 0, 0, 0},
+    {"keys", sizeof("keys") - 1, cmd_keys, "readonly", 2, 0, 0, 0},
+    {"mget", sizeof("mget") - 1, cmd_mget, "readonly fast", -2, 1, -1, 1},
+    {"mset", sizeof("mset") - 1, cmd_mset, "write denyoom", -3, 1, -1, 2},
+    {"ping", sizeof("ping") - 1, cmd_ping, "fast", -1, 0, 0, 0},
+    {"quit", sizeof("quit") - 1, cmd_quit, "fast", -1, 0, 0, 0},
+    {"scan", sizeof("scan") - 1, cmd_scan, "readonly", -2, 0, 0, 0},
+    {"select", sizeof("select") - 1, cmd_select, "loading stale fast", 2, 0, 0, 0},
+    {"set", sizeof("set") - 1, cmd_set, "write denyoom", -3, 1, 1, 1},
+    {"setnx", sizeof("setnx") - 1, cmd_setnx, "write denyoom fast", 3, 1, 1, 1},
+    {"strlen", sizeof("strlen") - 1, cmd_strlen, "readonly fast", 2, 1, 1, 1},
 };
 
 #define NCMDS (sizeof(cmd_table) / sizeof(cmd_table[0]))
@@ -1181,7 +1182,7 @@ size_t cmd_count(void)
 static const struct cmd *cmd_lookup(const char *name, size_t len)
 {
     for (size_t i = 0; i < NCMDS; i++)
-        if (strlen(cmd_table[i].name) == len && strncasecmp(cmd_table[i].name, name, len) == 0)
+        if (cmd_table[i].len == len && strncasecmp(cmd_table[i].name, name, len) == 0)
             return &cmd_table[i];
     return NULL;
 }
