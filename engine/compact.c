@@ -66,11 +66,13 @@ bool compact_busy(const struct kvs_engine *e)
     return e->cp != NULL;
 }
 
+/* Name of an output segment while it is being written. */
 static void out_name(char *buf, size_t len, uint32_t id)
 {
     snprintf(buf, len, "%06u.seg.tmp", id);
 }
 
+/* Release the compaction's buffers and report res to whoever asked for it. */
 static void complete(struct compaction *cp, int res)
 {
     struct kvs_engine *e = cp->e;
@@ -116,6 +118,7 @@ static void fail(struct compaction *cp, int err)
     complete(cp, err);
 }
 
+/* A record of the current input failed its checks: name it and stop (inputs stay). */
 static void corrupt(struct compaction *cp, uint64_t off)
 {
     KVS_ERROR("engine %s: %06u.seg: corrupt record at offset %llu found by compaction", cp->e->dir,
@@ -123,6 +126,7 @@ static void corrupt(struct compaction *cp, uint64_t off)
     fail(cp, KVS_ECORRUPT);
 }
 
+/* Open a new output segment (NNNNNN.seg.tmp) when none is being written. */
 static int ensure_out(struct compaction *cp)
 {
     struct kvs_engine *e = cp->e;
@@ -257,6 +261,8 @@ static void switch_cb(void *ctx, int res, uint32_t flags)
     switch_some(ctx);
 }
 
+/* The output, its hint and the hint's sync are durable: rename it into place (the commit
+ * point of this output), add it to the table, then switch the index to it. */
 static void out_done(struct compaction *cp)
 {
     struct kvs_engine *e = cp->e;
@@ -291,6 +297,7 @@ static void out_done(struct compaction *cp)
     switch_some(cp);
 }
 
+/* One of the three completions of finish_out(); the last one continues. */
 static void out_cb(struct compaction *cp, int i, int res)
 {
     cp->r[i] = res;
@@ -400,6 +407,7 @@ static void merge_written(struct compaction *cp)
     complete(cp, 0);
 }
 
+/* Completions of the merge marker's write and linked fdatasync. */
 static void merge_cb(void *ctx, int res, uint32_t flags)
 {
     struct compaction *cp = ctx;
@@ -410,6 +418,7 @@ static void merge_cb(void *ctx, int res, uint32_t flags)
         merge_written(cp);
 }
 
+/* Every input is copied: make the MERGE marker durable, then merge_written() unlinks. */
 static void finish(struct compaction *cp)
 {
     struct kvs_engine *e = cp->e;
@@ -463,6 +472,7 @@ static void after_write(struct compaction *cp)
         step(cp);
 }
 
+/* A step's WRITE_FIXED of kept records completed. */
 static void write_cb(void *ctx, int res, uint32_t flags)
 {
     struct compaction *cp = ctx;
@@ -478,6 +488,7 @@ static void write_cb(void *ctx, int res, uint32_t flags)
     after_write(cp);
 }
 
+/* Write the records kept by this step (if any) at the end of the output. */
 static void write_out(struct compaction *cp)
 {
     struct kvs_engine *e = cp->e;
@@ -496,6 +507,7 @@ static void write_out(struct compaction *cp)
         fail(cp, rc);
 }
 
+/* A record larger than the step buffer was copied on its own. */
 static void big_write_cb(void *ctx, int res, uint32_t flags)
 {
     struct compaction *cp = ctx;
@@ -514,6 +526,7 @@ static void big_write_cb(void *ctx, int res, uint32_t flags)
     after_write(cp);
 }
 
+/* A record larger than the step buffer was read whole: verify it, keep it or skip it. */
 static void big_read_cb(void *ctx, int res, uint32_t flags)
 {
     struct compaction *cp = ctx;
@@ -549,6 +562,9 @@ static void big_read_cb(void *ctx, int res, uint32_t flags)
         fail(cp, rc);
 }
 
+/* A step's READ_FIXED completed: verify and filter the complete records in the buffer. A
+ * partial record at the end is read again by the next step; one that does not fit the
+ * buffer at all takes the big-record path. */
 static void read_cb(void *ctx, int res, uint32_t flags)
 {
     struct compaction *cp = ctx;
@@ -682,6 +698,7 @@ static void step(struct compaction *cp)
 
 /* ---- starting ---- */
 
+/* True when no immutable segment has a write or a hint in flight or pending. */
 static bool quiescent(const struct kvs_engine *e)
 {
     for (size_t i = 0; i < e->nsegs; i++) {
@@ -693,6 +710,7 @@ static bool quiescent(const struct kvs_engine *e)
     return true;
 }
 
+/* Choose the inputs and start the first step. */
 static void begin(struct compaction *cp)
 {
     struct kvs_engine *e = cp->e;

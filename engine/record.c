@@ -66,6 +66,7 @@ bool record_verify(const void *rec, const struct record_hdr *h)
     return XXH3_64bits(p + 8, (size_t)record_size(h->klen, h->vlen) - 8) == h->checksum;
 }
 
+/* Make room for more bytes in a hint buffer (doubling). */
 static int hint_reserve(struct hint_buf *hb, size_t more)
 {
     size_t cap = hb->cap;

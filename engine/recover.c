@@ -135,6 +135,7 @@ static int valid_at(struct window *w, uint64_t off, struct record_hdr *h)
     return record_verify(p, h) ? 1 : 0;
 }
 
+/* Remember a range salvage dropped, so that compaction skips it instead of failing on it. */
 static int add_bad(struct seg *s, uint64_t start, uint64_t end)
 {
     struct bad_range *b = realloc(s->bad, (s->nbad + 1) * sizeof(*b));
@@ -312,6 +313,7 @@ static int finish_merge(struct kvs_engine *e)
     return 0;
 }
 
+/* qsort order for segment ids. */
 static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -372,6 +374,7 @@ static int list_segments(struct kvs_engine *e, uint32_t **ids, size_t *n)
     return 0;
 }
 
+/* Delete hint files whose segment no longer exists (a crash between two unlinks). */
 static void remove_orphan_hints(struct kvs_engine *e)
 {
     DIR *d;
@@ -405,6 +408,8 @@ struct key_vec {
     int err;
 };
 
+/* Index visitor: copy out keys older than a CLEAR record (deleting while scanning would
+ * disturb the scan). */
 static void collect_old(void *ctx, const void *key, size_t klen, const struct index_loc *loc)
 {
     struct key_vec *kv = ctx;
@@ -450,6 +455,7 @@ static int apply_clear(struct kvs_engine *e, uint64_t clear_seq)
     return kv.err;
 }
 
+/* Index visitor: add each live record's size to its segment's live bytes. */
 static void count_live(void *ctx, const void *key, size_t klen, const struct index_loc *loc)
 {
     struct kvs_engine *e = ctx;

@@ -73,6 +73,7 @@ void kvs_engine_options_init(struct kvs_engine_options *opt)
     opt->ring = NULL;
 }
 
+/* errf - format an error message into the caller's errbuf (which may be NULL). */
 static void errf(char *errbuf, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -150,6 +151,7 @@ struct seg *store_seg_new(uint32_t id, int fd, uint64_t size)
     return s;
 }
 
+/* Close and free a segment object (never its files on disk). */
 static void seg_free(struct seg *s)
 {
     if (s == NULL)
@@ -164,6 +166,8 @@ static void seg_free(struct seg *s)
     free(s);
 }
 
+/* Index of the first segment with an id >= id in the sorted table (binary search: the
+ * table is consulted on every set to account the bytes of the replaced record). */
 static size_t seg_lower(const struct kvs_engine *e, uint32_t id)
 {
     size_t lo = 0, hi = e->nsegs;
@@ -266,6 +270,7 @@ struct sync_io {
     int res;
 };
 
+/* Completion of a synchronous helper read: record the result and stop run_until. */
 static void sync_io_cb(void *ctx, int res, uint32_t flags)
 {
     struct sync_io *s = ctx;
@@ -307,6 +312,8 @@ struct sync_op {
     struct seg *seg; /* NULL for the directory */
 };
 
+/* A background fdatasync (everysec timer, close) finished. A failure means durability of
+ * already acknowledged writes is unknown: the engine fails, it does not retry. */
 static void sync_op_cb(void *ctx, int res, uint32_t flags)
 {
     struct sync_op *op = ctx;
@@ -351,6 +358,7 @@ static int sync_start(struct kvs_engine *e, struct seg *s)
 
 static void arm_timer(struct kvs_engine *e);
 
+/* The everysec timer fired (or was cancelled by close). */
 static void timer_cb(void *ctx, int res, uint32_t flags)
 {
     struct kvs_engine *e = ctx;
@@ -376,6 +384,8 @@ static void timer_cb(void *ctx, int res, uint32_t flags)
         arm_timer(e);
 }
 
+/* Arm the everysec timer unless armed: only after a write, so an idle engine leaves nothing
+ * pending in the ring and synchronous callers are never kept waiting by it. */
 static void arm_timer(struct kvs_engine *e)
 {
     int op;
@@ -398,6 +408,7 @@ struct hint_op {
     int fd, pending, sres, wres;
 };
 
+/* Both completions of a rotation hint (segment sync, hint write) are in. */
 static void hint_op_done(struct hint_op *op)
 {
     struct kvs_engine *e = op->e;
@@ -426,6 +437,7 @@ static void hint_op_done(struct hint_op *op)
     compact_kick(e);
 }
 
+/* The fdatasync of the finished segment that precedes its hint. */
 static void hint_sync_cb(void *ctx, int res, uint32_t flags)
 {
     struct hint_op *op = ctx;
@@ -438,6 +450,7 @@ static void hint_sync_cb(void *ctx, int res, uint32_t flags)
         hint_op_done(op);
 }
 
+/* The write of the hint file itself (cancelled if the sync before it failed). */
 static void hint_write_cb(void *ctx, int res, uint32_t flags)
 {
     struct hint_op *op = ctx;
@@ -515,6 +528,8 @@ err:
 
 /* ---- group commit ---- */
 
+/* Give a finished chunk's buffer back and, when it was the last write of a rotated
+ * segment, write that segment's hint now that every byte it describes is on disk. */
 static void chunk_release(struct kvs_engine *e, struct chunk *c)
 {
     struct seg *s = c->seg;
@@ -530,6 +545,7 @@ static void chunk_release(struct kvs_engine *e, struct chunk *c)
         (void)store_write_hint(e, s);
 }
 
+/* Unlink the head chunk c from the write queue. */
 static void chunk_pop(struct kvs_engine *e, struct chunk *c)
 {
     e->chead = c->next;
@@ -537,6 +553,7 @@ static void chunk_pop(struct kvs_engine *e, struct chunk *c)
         e->ctail = NULL;
 }
 
+/* Complete every set/remove/clear of the batch with res. */
 static void chunk_fire(struct chunk *c, int res)
 {
     for (size_t i = 0; i < c->nw; i++)
@@ -609,6 +626,8 @@ static void chunk_finish(struct kvs_engine *e, struct chunk *c)
     compact_kick(e);
 }
 
+/* The three completions of a batch: write, linked fdatasync, linked directory fsync. Each
+ * records its result; the last one to arrive decides (CQE order is not relied upon). */
 static void chunk_write_cb(void *ctx, int res, uint32_t flags)
 {
     struct chunk *c = ctx;
@@ -900,6 +919,8 @@ static void call_done(kvs_engine_done_fn done, void *ctx, int res, const void *v
         done(ctx, res, val, vlen);
 }
 
+/* Checks shared by the write operations. Returns 0 to go on, 1 when done was already called
+ * with the outcome (limit, failed store), or KVS_ECLOSED (done not called). */
 static int check_op(struct kvs_engine *e, size_t klen, size_t vlen, kvs_engine_done_fn done,
                     void *ctx)
 {
@@ -982,6 +1003,7 @@ struct get_op {
     bool borrowed; /* buf is the engine's getbuf (synchronous get) */
 };
 
+/* Grow the engine-owned buffer that synchronous gets return views into. */
 static int ensure_getbuf(struct kvs_engine *e, size_t n)
 {
     uint8_t *p;
@@ -996,6 +1018,7 @@ static int ensure_getbuf(struct kvs_engine *e, size_t n)
     return 0;
 }
 
+/* Completion of a value read; loops on short reads, then completes the get. */
 static void get_cb(void *ctx, int res, uint32_t flags)
 {
     struct get_op *op = ctx;
@@ -1034,6 +1057,8 @@ static const uint8_t *chunk_lookup(const struct kvs_engine *e, const struct seg 
     return NULL;
 }
 
+/* The get path shared by both APIs. sync: read into getbuf, whose view outlives the
+ * callback until the next engine call; async: a private buffer freed after the callback. */
 static int get_start(struct kvs_engine *e, const void *key, size_t klen, kvs_engine_done_fn done,
                      void *ctx, bool sync)
 {
@@ -1137,6 +1162,7 @@ struct sync_wait {
     size_t vlen;
 };
 
+/* Done callback of the synchronous wrappers: remember the outcome and stop run_until. */
 static void sync_done(void *ctx, int res, const void *val, size_t vlen)
 {
     struct sync_wait *w = ctx;
@@ -1147,6 +1173,8 @@ static void sync_done(void *ctx, int res, const void *val, size_t vlen)
     w->vlen = vlen;
 }
 
+/* Finish a synchronous call: submit the batch (group commit of one) and run the ring until
+ * the operation completed. rc is what the _async call returned. */
 static int sync_finish(struct kvs_engine *e, struct sync_wait *w, int rc)
 {
     if (rc < 0)
@@ -1228,6 +1256,7 @@ struct scan_ctx {
     void *ctx;
 };
 
+/* Adapter from the index's visitor to the public key callback. */
 static void scan_visit(void *ctx, const void *key, size_t klen, const struct index_loc *loc)
 {
     struct scan_ctx *sc = ctx;
@@ -1317,6 +1346,7 @@ static bool dir_has_segments(struct kvs_engine *e)
     return found;
 }
 
+/* Check KVS-FORMAT, or write it for a new, empty store (setup-time plain syscalls). */
 static int check_format(struct kvs_engine *e, char *errbuf, size_t errlen)
 {
     uint8_t buf[FORMAT_FILE_SIZE + 1];
@@ -1364,6 +1394,7 @@ static int check_format(struct kvs_engine *e, char *errbuf, size_t errlen)
     return rc;
 }
 
+/* Release everything; nothing of this engine may be in flight on the ring any more. */
 static void engine_free(struct kvs_engine *e)
 {
     while (e->chead != NULL) {

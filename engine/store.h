@@ -105,25 +105,42 @@ struct kvs_engine {
 };
 
 /* store.c */
+/* The segment with this id, or NULL. */
 struct seg *store_seg_find(const struct kvs_engine *e, uint32_t id);
+/* Add s to the id-sorted table (and raise next_id past it). 0 or -ENOMEM. */
 int store_seg_insert(struct kvs_engine *e, struct seg *s);
+/* Take s out of the table; it is freed (fd closed) now or when its last ref goes. */
 void store_seg_remove(struct kvs_engine *e, struct seg *s);
+/* A new segment object for an open fd (no I/O). NULL on -ENOMEM. */
 struct seg *store_seg_new(uint32_t id, int fd, uint64_t size);
+/* Drop one ref taken for an in-flight operation; frees a removed segment on the last one. */
 void store_seg_unref(struct kvs_engine *e, struct seg *s);
+/* "NNNNNN.ext" for segment id. */
 void store_seg_name(char *buf, size_t len, uint32_t id, const char *ext);
+/* Enter the failed, read-only state (logged once, with what failed and why). */
 void store_fail(struct kvs_engine *e, int err, const char *what);
+/* Write s's hint file (taking ownership of s->hint) after its last batch; 0 or -errno. */
 int store_write_hint(struct kvs_engine *e, struct seg *s);
+/* Make a new active segment; the old one becomes immutable. 0 or -errno. */
 int store_rotate(struct kvs_engine *e);
+/* Read through the ring and wait (setup time only). Bytes read or -errno. */
 int store_ring_pread(struct kvs_engine *e, int fd, void *buf, size_t len, uint64_t off);
+/* fsync the store directory (setup and compaction-finish time only). */
 void store_fsync_dir(struct kvs_engine *e);
 
 /* recover.c */
+/* Load the directory into e (segments, index, active segment); see docs/design.md. 0, or an
+ * error with a message naming file and offset in errbuf. */
 int recover_open(struct kvs_engine *e, char *errbuf, size_t errlen);
 
 /* compact.c */
+/* Start a compaction (rotating the active segment first if rotate); -EBUSY if one runs. */
 int compact_start(struct kvs_engine *e, bool rotate, kvs_engine_done_fn done, void *ctx);
+/* Start one if the dead-bytes trigger holds. Called after every batch and rotation. */
 void compact_maybe(struct kvs_engine *e);
+/* A segment finished its writes: a compaction waiting for quiet may begin now. */
 void compact_kick(struct kvs_engine *e);
+/* A compaction is waiting or running. */
 bool compact_busy(const struct kvs_engine *e);
 
 #endif
