@@ -568,7 +568,10 @@ static void chunk_finish(struct kvs_engine *e, struct chunk *c)
 {
     int res = 0;
 
-    if (c->wres < 0) {
+    if (c->pseg != NULL && c->pres < 0) {
+        res = c->pres; /* the write behind it was cancelled */
+        store_fail(e, res, "fdatasync of the previous segment");
+    } else if (c->wres < 0) {
         res = c->wres;
         store_fail(e, res, "write");
     } else {
@@ -599,12 +602,18 @@ static void chunk_finish(struct kvs_engine *e, struct chunk *c)
             e->st.fsyncs++;
         else
             c->seg->unsynced = true;
+        if (c->pseg != NULL)
+            e->st.fsyncs++;
         if (!c->sync && e->opt.fsync == KVS_FSYNC_EVERYSEC) {
             e->dirty = true;
             arm_timer(e);
         }
     }
     e->writing = false;
+    if (c->pseg != NULL) {
+        store_seg_unref(e, c->pseg);
+        c->pseg = NULL;
+    }
     chunk_pop(e, c);
     chunk_fire(c, res);
     chunk_release(e, c);
@@ -648,6 +657,16 @@ static void chunk_sync_cb(void *ctx, int res, uint32_t flags)
         chunk_finish(c->e, c);
 }
 
+static void chunk_psync_cb(void *ctx, int res, uint32_t flags)
+{
+    struct chunk *c = ctx;
+
+    (void)flags;
+    c->pres = res;
+    if (--c->pending == 0)
+        chunk_finish(c->e, c);
+}
+
 static void chunk_dsync_cb(void *ctx, int res, uint32_t flags)
 {
     struct chunk *c = ctx;
@@ -675,12 +694,34 @@ static void chunk_submit(struct kvs_engine *e, struct chunk *c)
     c->wres = c->sres = c->dres = 0;
     c->sync = e->opt.fsync == KVS_FSYNC_ALWAYS;
     c->dsync = c->sync && c->seg->dirsync;
+    if (c->seg->prev != NULL) {
+        struct seg *ps = c->seg->prev;
+
+        /* The first batch of a segment starts only once the previous segment is durable, so
+         * a crash can tear only the newest segment that has data (docs/design.md). */
+        c->seg->prev = NULL;
+        rc = kvs_ring_fsync(e->ring, ps->fd, true, chunk_psync_cb, c);
+        if (rc < 0) {
+            store_seg_unref(e, ps);
+            goto err;
+        }
+        ps->unsynced = false;
+        c->pseg = ps;
+        c->pending++;
+        kvs_ring_link(e->ring);
+    }
     if (c->buf_index >= 0)
         rc = kvs_ring_write_fixed(e->ring, c->seg->fd, p, n, off, c->buf_index, chunk_write_cb, c);
     else
         rc = kvs_ring_write(e->ring, c->seg->fd, p, n, off, chunk_write_cb, c);
-    if (rc < 0)
+    if (rc < 0) {
+        if (c->pending > 0) {
+            c->wres = rc; /* the linked sync is queued: finish when it completes */
+            e->writing = true;
+            return;
+        }
         goto err;
+    }
     c->pending++;
     e->writing = true;
     if (c->sync) {
@@ -815,6 +856,12 @@ int store_rotate(struct kvs_engine *e)
         free(hb);
     }
     e->active = s;
+    /* everysec: sync the old segment before the new one gets data (under always every batch
+     * is synced already; under never nothing is promised). */
+    if (old != NULL && e->opt.fsync == KVS_FSYNC_EVERYSEC) {
+        s->prev = old;
+        old->refs++;
+    }
     if (old != NULL && old->pending == 0)
         (void)store_write_hint(e, old);
     return 0;

@@ -38,6 +38,8 @@ struct seg {
     struct bad_range *bad; /* salvage-skipped ranges, sorted */
     size_t nbad;
     struct seg *next_doomed; /* on the engine's doomed list after compaction removed it */
+    struct seg *prev;        /* segment active before this one, to sync before our first
+                                batch (everysec), holding a ref; NULL afterwards */
 };
 
 struct waiter {
@@ -59,8 +61,9 @@ struct chunk {
     size_t nw, capw;
     uint32_t nrec;
     int pending; /* CQEs outstanding for the current submission */
-    int wres, sres, dres;
+    int wres, sres, dres, pres;
     bool sealed, sync, dsync;
+    struct seg *pseg; /* previous segment synced (linked) before this batch, holding a ref */
 };
 
 /* A registered write buffer. */

@@ -494,6 +494,35 @@ static void test_engine_everysec_syncs_after_a_write(void)
     tutil_rmtree(dir);
 }
 
+static void test_engine_everysec_syncs_segment_before_the_next(void)
+{
+    char *dir = tutil_mkdtemp("everyrot");
+    struct kvs_engine_options opt;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+    uint8_t val[100];
+
+    memset(val, 'r', sizeof(val));
+    kvs_engine_options_init(&opt);
+    opt.segment_size = 1024;
+    e = open_dir(dir, &opt);
+    for (int i = 0; i < 40; i++) {
+        char key[16];
+
+        snprintf(key, sizeof(key), "k%d", i);
+        CU_ASSERT_EQUAL(kvs_engine_set(e, key, strlen(key), val, sizeof(val)), 0);
+    }
+    /* The first batch of every new segment waited for an fdatasync of the one before. */
+    kvs_engine_stats(e, &st);
+    CU_ASSERT(st.segments >= 4);
+    CU_ASSERT(st.fsyncs >= st.segments - 1);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    e = open_dir(dir, &opt);
+    CU_ASSERT_EQUAL(kvs_engine_count(e), 40);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    tutil_rmtree(dir);
+}
+
 static void test_engine_parse_fsync(void)
 {
     enum kvs_fsync f;
@@ -533,6 +562,8 @@ void test_engine_register(void)
                 test_engine_write_error_makes_store_read_only);
     CU_add_test(s, "test_engine_everysec_syncs_after_a_write",
                 test_engine_everysec_syncs_after_a_write);
+    CU_add_test(s, "test_engine_everysec_syncs_segment_before_the_next",
+                test_engine_everysec_syncs_segment_before_the_next);
     CU_add_test(s, "test_engine_parse_fsync", test_engine_parse_fsync);
     if (rc < 0) {
         printf("SKIP: engine suite: io_uring unavailable: %s\n", kvs_strerror(rc));
