@@ -39,6 +39,8 @@ static void usage(FILE *f)
                "  --max-pipeline N      requests in progress per client before its input pauses "
                "(default 256)\n"
                "  --shutdown-timeout MS how long shutdown waits for slow clients (default 10000)\n"
+               "  --repartition         if the data directory has another shard count, copy the\n"
+               "                        data to --shards N shards first (offline, crash-safe)\n"
                "  --salvage             start even if an older log segment has a bad record,\n"
                "                        skipping it (logged); default: refuse to start\n"
                "  --log-level LEVEL     debug | info | warn | error | off (default info)\n"
@@ -92,6 +94,7 @@ enum {
     OPT_SHUTDOWN_TIMEOUT,
     OPT_LOG_LEVEL,
     OPT_SALVAGE,
+    OPT_REPARTITION,
 };
 
 static const struct option long_opts[] = {
@@ -111,6 +114,7 @@ static const struct option long_opts[] = {
     {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"salvage", no_argument, NULL, OPT_SALVAGE},
+    {"repartition", no_argument, NULL, OPT_REPARTITION},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -196,6 +200,9 @@ int main(int argc, char **argv)
             if (!parse_size(optarg, 3600000, &v))
                 return bad("shutdown-timeout", optarg);
             cfg.shutdown_timeout_ms = (unsigned)v;
+            break;
+        case OPT_REPARTITION:
+            cfg.repartition = true;
             break;
         case OPT_SALVAGE:
             cfg.salvage = true;

@@ -27,6 +27,7 @@
 
 #include "kvs/error.h"
 #include "kvs/log.h"
+#include "repart.h"
 #include "shard.h"
 
 #define META_NAME "kvs-server.meta"
@@ -221,7 +222,9 @@ static int foreign_listeners(int port, const unsigned long *ours, size_t n)
 
 /* ---- data directory ---- */
 
-static int write_meta(const char *dir, const char *engine, unsigned shards)
+/* swap_to != 0 records that a re-partition to swap_to shards is complete in the staging
+ * directory and must be switched in (docs/server.md, "Re-partitioning"). */
+static int write_meta(const char *dir, const char *engine, unsigned shards, unsigned swap_to)
 {
     char path[4096], tmp[4112], text[256];
     int fd = -1, dfd = -1, rc = 0;
@@ -232,6 +235,8 @@ static int write_meta(const char *dir, const char *engine, unsigned shards)
     len = snprintf(text, sizeof(text),
                    "# kvs-server data directory; do not edit\nengine %s\nformat %d\nshards %u\n",
                    engine, KVS_SERVER_DIR_FORMAT, shards);
+    if (swap_to != 0)
+        len += snprintf(text + len, sizeof(text) - (size_t)len, "swap_to %u\n", swap_to);
     /* tmp + fsync + rename + fsync(dir): after a crash the meta file is either absent or
      * whole, never half-written. */
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -261,7 +266,8 @@ out:
 }
 
 /* Reads the meta file. Returns 1 when found (fields filled), 0 when absent, or an error. */
-static int read_meta(const char *dir, char *engine, size_t elen, int *format, unsigned *shards)
+static int read_meta(const char *dir, char *engine, size_t elen, int *format, unsigned *shards,
+                     unsigned *swap_to)
 {
     char path[4096], line[256];
     FILE *fp;
@@ -285,6 +291,8 @@ static int read_meta(const char *dir, char *engine, size_t elen, int *format, un
         } else if (sscanf(line, "shards %u", &u) == 1) {
             *shards = u;
             seen |= 4;
+        } else if (sscanf(line, "swap_to %u", &u) == 1) {
+            *swap_to = u;
         }
     }
     fclose(fp);
@@ -307,14 +315,32 @@ static int count_shard_dirs(const char *dir)
     return n;
 }
 
+/* Switch the staged shards in, record the new count, and drop the old copies. */
+static int finish_swap(const struct kvs_server_config *cfg, unsigned old_n, unsigned new_n)
+{
+    int rc = repart_swap(cfg->dir, old_n, new_n);
+
+    if (rc == 0)
+        rc = write_meta(cfg->dir, cfg->engine, new_n, 0);
+    if (rc < 0) {
+        KVS_ERROR("cannot switch %s to its re-partitioned shards: %s; start again to retry",
+                  cfg->dir, kvs_strerror(rc));
+        return rc;
+    }
+    rc = repart_cleanup(cfg->dir, false);
+    if (rc < 0)
+        KVS_WARN("cannot remove the old shards of %s: %s", cfg->dir, kvs_strerror(rc));
+    return 0;
+}
+
 static int check_dir(const struct server *srv)
 {
     const struct kvs_server_config *cfg = &srv->cfg;
     char engine[128];
     int format = 0, rc;
-    unsigned shards = 0;
+    unsigned shards = 0, swap_to = 0;
 
-    rc = read_meta(cfg->dir, engine, sizeof(engine), &format, &shards);
+    rc = read_meta(cfg->dir, engine, sizeof(engine), &format, &shards, &swap_to);
     if (rc == KVS_EFORMAT) {
         KVS_ERROR("%s/%s is damaged or incomplete; restore it or start with an empty data "
                   "directory",
@@ -334,7 +360,7 @@ static int check_dir(const struct server *srv)
                       cfg->dir, n, META_NAME);
             return KVS_EFORMAT;
         }
-        rc = write_meta(cfg->dir, cfg->engine, srv->nshards);
+        rc = write_meta(cfg->dir, cfg->engine, srv->nshards, 0);
         if (rc < 0)
             KVS_ERROR("cannot write %s/%s: %s", cfg->dir, META_NAME, kvs_strerror(rc));
         return rc;
@@ -350,9 +376,44 @@ static int check_dir(const struct server *srv)
                   cfg->dir, format, KVS_SERVER_DIR_FORMAT);
         return KVS_EFORMAT;
     }
+    if (swap_to != 0 && swap_to <= KVS_SERVER_MAX_SHARDS && shards <= KVS_SERVER_MAX_SHARDS) {
+        KVS_WARN("finishing an interrupted re-partition of %s from %u to %u shards", cfg->dir,
+                 shards, swap_to);
+        rc = finish_swap(cfg, shards, swap_to);
+        if (rc < 0)
+            return rc;
+        shards = swap_to;
+    } else {
+        rc = repart_cleanup(cfg->dir, true);
+        if (rc < 0) {
+            KVS_ERROR("cannot remove re-partition leftovers in %s: %s", cfg->dir, kvs_strerror(rc));
+            return rc;
+        }
+    }
+    if (shards != srv->nshards && cfg->repartition) {
+        KVS_INFO("re-partitioning %s from %u to %u shards", cfg->dir, shards, srv->nshards);
+        rc = repart_copy(cfg->dir, cfg, shards, srv->nshards);
+        if (rc < 0) {
+            KVS_ERROR("re-partitioning failed: %s; the data is unchanged in %u shards",
+                      kvs_strerror(rc), shards);
+            return rc;
+        }
+        /* The copy is complete and durable: from this write on, the switch is what any
+         * start will finish. */
+        rc = write_meta(cfg->dir, cfg->engine, shards, srv->nshards);
+        if (rc < 0) {
+            KVS_ERROR("cannot write %s/%s: %s", cfg->dir, META_NAME, kvs_strerror(rc));
+            return rc;
+        }
+        rc = finish_swap(cfg, shards, srv->nshards);
+        if (rc < 0)
+            return rc;
+        KVS_INFO("re-partition of %s to %u shards complete", cfg->dir, srv->nshards);
+        shards = srv->nshards;
+    }
     if (shards != srv->nshards) {
-        KVS_ERROR("data directory %s has %u shards; start with --shards %u (re-partitioning "
-                  "to %u shards is not supported yet)",
+        KVS_ERROR("data directory %s has %u shards; start with --shards %u, or add "
+                  "--repartition to move the data to %u shards",
                   cfg->dir, shards, shards, srv->nshards);
         return KVS_EFORMAT;
     }
