@@ -58,7 +58,8 @@ expect "ERR unknown command 'nosuch', with args beginning with: 'x' " nosuch x
 expect "ERR wrong number of arguments for 'get' command" get
 expect "ERR DB index is out of range" select 3
 expect OK select 0
-expect 29 command count
+[ "$(cli command count)" = "$(cli command list | wc -l)" ] || fail "COMMAND COUNT vs LIST"
+[ "$(cli command count)" -ge 29 ] || fail "COMMAND COUNT"
 cli info | grep -q '^db0:keys=2,expires=0,avg_ttl=0' || fail "INFO keyspace"
 cli info | grep -q '^shard1:keys=' || fail "INFO per-shard figures"
 expect OK flushall
