@@ -267,6 +267,7 @@ static void test_compact_keeps_tombstone_for_active_value(void)
 
 struct model {
     int version[NKEYS]; /* -1 = absent */
+    int next_version;   /* versions never repeat, so a resurrected old value is caught */
     int gets_ok, gets_bad, sets_done, errors;
 };
 
@@ -349,15 +350,14 @@ static void random_op(struct kvs_engine *e, struct model *m, uint64_t *rng)
         g->want = m->version[key];
         CU_ASSERT_EQUAL(kvs_engine_get_async(e, k, strlen(k), get_checked, g), 0);
     } else if (what < 9) {
-        int ver = m->version[key] + 1 + (int)(tutil_rand(rng) % 3);
+        int ver = ++m->next_version;
 
         fill_val(key, ver, v, &vl);
         CU_ASSERT_EQUAL(kvs_engine_set_async(e, k, strlen(k), v, vl, write_done, m), 0);
         m->version[key] = ver;
     } else {
         CU_ASSERT_EQUAL(kvs_engine_remove_async(e, k, strlen(k), write_done, m), 0);
-        if (m->version[key] >= 0)
-            m->version[key] = -1 - 0 * m->version[key];
+        m->version[key] = -1;
     }
 }
 
@@ -388,7 +388,7 @@ static void test_compact_interleaves_with_async_ops(void)
     for (int round = 0; round < 3; round++) {
         for (int i = 0; i < NKEYS; i++) {
             snprintf(k, sizeof(k), "key%d", i);
-            m.version[i]++;
+            m.version[i] = ++m.next_version;
             fill_val(i, m.version[i], v, &vl);
             CU_ASSERT_EQUAL(kvs_engine_set(e, k, strlen(k), v, vl), 0);
         }
@@ -428,6 +428,80 @@ static void test_compact_interleaves_with_async_ops(void)
         CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
         e = open_opt(dir, &opt);
     }
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    kvs_ring_free(ring);
+    tutil_rmtree(dir);
+}
+
+/* Random sets, removes, clears, compactions and reopens against a model of the store. */
+static void test_compact_random_history_matches_model(void)
+{
+    char *dir = tutil_mkdtemp("model");
+    struct kvs_engine_options opt;
+    struct kvs_ring *ring = NULL;
+    struct kvs_engine *e;
+    struct model m;
+    const char *seed = getenv("KVS_TEST_SEED"); /* to explore other histories by hand */
+    uint64_t rng = seed != NULL ? strtoull(seed, NULL, 10) | 1 : 99;
+    char k[16], v[160];
+    size_t vl;
+    int bad = 0;
+
+    CU_ASSERT_FATAL(kvs_ring_new(NULL, &ring) == 0);
+    small_opts(&opt);
+    opt.ring = ring;
+    opt.segment_size = 4096;
+    opt.compact_step = 4096;
+    opt.compact_min_dead = 8192; /* automatic compactions too */
+    e = open_opt(dir, &opt);
+    memset(&m, 0, sizeof(m));
+    for (int i = 0; i < NKEYS; i++)
+        m.version[i] = -1;
+    for (int round = 0; round < 12; round++) {
+        struct flag f = {false, 0};
+        int what = (int)(tutil_rand(&rng) % 4);
+
+        for (int i = 0; i < 400; i++) {
+            random_op(e, &m, &rng);
+            if (i % 16 == 15) {
+                kvs_engine_flush(e);
+                CU_ASSERT_FATAL(kvs_ring_run(ring, 0, 0) >= 0);
+            }
+        }
+        if (what == 0 && kvs_engine_compact_async(e, flag_done, &f) == 0) {
+            while (!f.done) {
+                random_op(e, &m, &rng);
+                kvs_engine_flush(e);
+                CU_ASSERT_FATAL(kvs_ring_run(ring, 1, 0) >= 0);
+            }
+            CU_ASSERT_EQUAL(f.res, 0);
+        } else if (what == 1 && round % 5 == 1) {
+            f.done = false;
+            CU_ASSERT_EQUAL(kvs_engine_clear_async(e, flag_done, &f), 0);
+            for (int i = 0; i < NKEYS; i++)
+                m.version[i] = -1;
+        }
+        while (!kvs_engine_idle(e)) {
+            kvs_engine_flush(e);
+            CU_ASSERT_FATAL(kvs_ring_run(ring, 1, 0) >= 0);
+        }
+        if (what >= 2) {
+            CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+            e = open_opt(dir, &opt);
+        }
+        for (int i = 0; i < NKEYS; i++) {
+            snprintf(k, sizeof(k), "key%d", i);
+            if (m.version[i] < 0) {
+                bad += !is_missing(e, k);
+            } else {
+                fill_val(i, m.version[i], v, &vl);
+                bad += !has_value(e, k, strlen(k), v, vl);
+            }
+        }
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(m.gets_bad, 0);
+    CU_ASSERT_EQUAL(m.errors, 0);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     kvs_ring_free(ring);
     tutil_rmtree(dir);
@@ -564,6 +638,8 @@ void test_compact_register(void)
     CU_add_test(s, "test_compact_interleaves_with_async_ops",
                 test_compact_interleaves_with_async_ops);
     CU_add_test(s, "test_compact_starts_automatically", test_compact_starts_automatically);
+    CU_add_test(s, "test_compact_random_history_matches_model",
+                test_compact_random_history_matches_model);
     CU_add_test(s, "test_compact_record_larger_than_step", test_compact_record_larger_than_step);
     CU_add_test(s, "test_compact_switches_many_records_in_batches",
                 test_compact_switches_many_records_in_batches);
