@@ -14,6 +14,7 @@
  */
 #include "shard.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -36,6 +37,12 @@
 #define RECV_BGID    1
 #define INBOX_BATCH  256
 #define KEEP_BUF_MAX (64 * 1024) /* larger per-connection buffers are freed once empty */
+
+/* The shard running on this thread, for the debug-build checks that shard-owned state is
+ * touched only by its own thread (STYLE.md section 1). */
+static _Thread_local struct shard *tl_shard;
+
+#define ASSERT_OWNER(sh) assert((sh) == tl_shard)
 
 struct keylock {
     struct keylock *next;
@@ -77,6 +84,7 @@ static void shard_send(struct shard *sh, unsigned peer, uint32_t type, void *ptr
     struct msg m = {.type = type, .from = sh->id, .ptr = ptr};
     struct shard *p = sh->srv->shards[peer];
 
+    ASSERT_OWNER(sh);
     /* An overflow queue that cannot grow would lose a lent pointer for good: there is no
      * way to recover a consistent state, so stop the process loudly. */
     if (msg_send(&sh->outbox[peer], &p->inbox[sh->id], &m) < 0)
@@ -393,6 +401,7 @@ static void op_exec(struct shard *sh, struct op *op)
     int64_t len;
     int rc = 0;
 
+    ASSERT_OWNER(sh);
     op->xsh = sh;
     if (op->kind >= OP_DBSIZE) {
         op_exec_shard(sh, op);
@@ -583,6 +592,7 @@ void req_dispatch(struct shard *sh, struct req *req, req_finish_fn finish)
 {
     unsigned n = req->nops;
 
+    ASSERT_OWNER(sh);
     req->finish = finish;
     req->dispatched = true;
     req->conn->dispatched = true;
@@ -667,6 +677,7 @@ static size_t conn_parse(struct conn *c, char *buf, size_t len)
     struct shard *sh = c->sh;
     size_t off = 0;
 
+    ASSERT_OWNER(sh);
     c->need = 0;
     while (off < len && !c->closed && !c->close_after) {
         int rc;
@@ -1327,6 +1338,7 @@ void *shard_main(void *arg)
     char name[16];
     int rc;
 
+    tl_shard = sh;
     snprintf(name, sizeof(name), "shard-%03u", sh->id);
     pthread_setname_np(pthread_self(), name);
     if (sh->cpu >= 0) {
