@@ -128,9 +128,12 @@ static bool lock_take(struct shard *sh, struct op *op)
  * complete the holder op inside the call that made its new value visible. */
 static void lock_release_kl(struct shard *sh, struct keylock *kl)
 {
-    struct keylock **pp = &sh->locks[kl->hash & sh->nlocks_mask];
+    struct keylock **pp;
     struct op *w;
 
+    if (kl == NULL)
+        return;
+    pp = &sh->locks[kl->hash & sh->nlocks_mask];
     while (*pp != kl)
         pp = &(*pp)->next;
     *pp = kl->next;
@@ -147,10 +150,7 @@ static void lock_release_kl(struct shard *sh, struct keylock *kl)
 
 static void lock_release(struct shard *sh, struct op *op)
 {
-    struct keylock *kl = *lock_slot(sh, op);
-
-    if (kl != NULL)
-        lock_release_kl(sh, kl);
+    lock_release_kl(sh, *lock_slot(sh, op));
 }
 
 /* ---- op execution (owner side) ---- */
