@@ -781,6 +781,61 @@ static void cmd_decrby(struct shard *sh, struct req *req, size_t argc, struct kv
     incr_generic(sh, req, &argv[1], -d);
 }
 
+static void cmd_getset(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
+{
+    struct op *op;
+
+    (void)argc;
+    if (!key_ok_or_reply(sh, req, &argv[1]) || !value_ok_or_reply(sh, req, &argv[2]))
+        return;
+    op = add_key_op(sh, req, OP_SET, &argv[1], &argv[2]);
+    if (op == NULL)
+        return;
+    op->flags = OPF_GET;
+    req_dispatch(sh, req, finish_set);
+}
+
+/* TYPE, TTL, PTTL: every kvs key is a string without expiry, so existence decides. */
+static void finish_type(struct shard *sh, struct req *req)
+{
+    const struct op *op = req->ops[0];
+
+    (void)sh;
+    if (op->status < 0)
+        reply_status_error(req, op->status);
+    else if (req->aux == 0)
+        (void)kvs_resp_append_simple(out(req), op->ival ? "string" : "none", op->ival ? 6 : 4);
+    else
+        (void)kvs_resp_append_int(out(req), op->ival ? -1 : -2);
+}
+
+static void cmd_type(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
+{
+    (void)argc;
+    req->aux = !arg_is(&argv[0], "TYPE");
+    if (!key_ok_or_reply(sh, req, &argv[1]) ||
+        add_key_op(sh, req, OP_EXISTS, &argv[1], NULL) == NULL)
+        return;
+    req_dispatch(sh, req, finish_type);
+}
+
+static void cmd_time(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
+{
+    struct timespec ts;
+    char sec[24], usec[24];
+    int ns, nu;
+
+    (void)sh;
+    (void)argc;
+    (void)argv;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ns = snprintf(sec, sizeof(sec), "%lld", (long long)ts.tv_sec);
+    nu = snprintf(usec, sizeof(usec), "%ld", ts.tv_nsec / 1000);
+    (void)kvs_resp_append_array(out(req), 2);
+    (void)kvs_resp_append_bulk(out(req), sec, (size_t)ns);
+    (void)kvs_resp_append_bulk(out(req), usec, (size_t)nu);
+}
+
 /* ---- keyspace commands ---- */
 
 static void finish_dbsize(struct shard *sh, struct req *req)
@@ -1166,6 +1221,7 @@ static const struct cmd cmd_table[] = {
     {"flushall", sizeof("flushall") - 1, cmd_flushall, "write", -1, 0, 0, 0},
     {"flushdb", sizeof("flushdb") - 1, cmd_flushall, "write", -1, 0, 0, 0},
     {"get", sizeof("get") - 1, cmd_get, "readonly fast", 2, 1, 1, 1},
+    {"getset", sizeof("getset") - 1, cmd_getset, "write denyoom fast", 3, 1, 1, 1},
     {"hello", sizeof("hello") - 1, cmd_hello, "noscript loading stale fast", -1, 0, 0, 0},
     {"incr", sizeof("incr") - 1, cmd_incr, "write denyoom fast", 2, 1, 1, 1},
     {"incrby", sizeof("incrby") - 1, cmd_incrby, "write denyoom fast", 3, 1, 1, 1},
@@ -1174,12 +1230,17 @@ static const struct cmd cmd_table[] = {
     {"mget", sizeof("mget") - 1, cmd_mget, "readonly fast", -2, 1, -1, 1},
     {"mset", sizeof("mset") - 1, cmd_mset, "write denyoom", -3, 1, -1, 2},
     {"ping", sizeof("ping") - 1, cmd_ping, "fast", -1, 0, 0, 0},
+    {"pttl", sizeof("pttl") - 1, cmd_type, "readonly fast", 2, 1, 1, 1},
     {"quit", sizeof("quit") - 1, cmd_quit, "fast", -1, 0, 0, 0},
     {"scan", sizeof("scan") - 1, cmd_scan, "readonly", -2, 0, 0, 0},
     {"select", sizeof("select") - 1, cmd_select, "loading stale fast", 2, 0, 0, 0},
     {"set", sizeof("set") - 1, cmd_set, "write denyoom", -3, 1, 1, 1},
     {"setnx", sizeof("setnx") - 1, cmd_setnx, "write denyoom fast", 3, 1, 1, 1},
     {"strlen", sizeof("strlen") - 1, cmd_strlen, "readonly fast", 2, 1, 1, 1},
+    {"time", sizeof("time") - 1, cmd_time, "loading stale fast", 1, 0, 0, 0},
+    {"ttl", sizeof("ttl") - 1, cmd_type, "readonly fast", 2, 1, 1, 1},
+    {"type", sizeof("type") - 1, cmd_type, "readonly fast", 2, 1, 1, 1},
+    {"unlink", sizeof("unlink") - 1, cmd_del, "write fast", -2, 1, -1, 1},
 };
 
 #define NCMDS (sizeof(cmd_table) / sizeof(cmd_table[0]))

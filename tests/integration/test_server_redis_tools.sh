@@ -51,6 +51,13 @@ expect 8 append greeting ",kv"
 expect OK mset a 1 b 2 c 3
 [ "$(cli mget a b c missing | tr '\n' ,)" = '1,2,3,,' ] || fail "MGET"
 expect 3 del a b c
+expect "" getset greeting2 1
+expect 1 getset greeting2 2
+expect string type greeting
+expect none type nosuchkey
+expect -1 ttl greeting
+expect -2 pttl nosuchkey
+expect 1 unlink greeting2
 expect 0 exists a
 expect 2 dbsize
 expect PONG ping
