@@ -94,7 +94,9 @@ int kvs_engine_set(struct kvs_engine *e, const void *key, size_t klen, const voi
                    size_t vlen);
 /* kvs_engine_remove - write a tombstone. KVS_ENOTFOUND if the key was absent (nothing written). */
 int kvs_engine_remove(struct kvs_engine *e, const void *key, size_t klen);
-/* kvs_engine_compact - run a full compaction of the immutable segments to completion. */
+/* kvs_engine_compact - rotate the active segment, then compact every immutable segment, to
+ * completion (waiting first for a compaction already running). 0, KVS_ECORRUPT (a record of
+ * an old segment failed its checksum; the log names file and offset), KVS_EFAILED, -errno. */
 int kvs_engine_compact(struct kvs_engine *e);
 
 /* ---- asynchronous API (shard loop) ---- */
@@ -137,7 +139,8 @@ int kvs_engine_compact_async(struct kvs_engine *e, kvs_engine_done_fn done, void
  * fdatasync under ALWAYS). The shard loop calls it once per loop turn. Never blocks. */
 void kvs_engine_flush(struct kvs_engine *e);
 
-/* kvs_engine_idle - true when no engine op is queued or in flight (used at shutdown). */
+/* kvs_engine_idle - true when no engine op is queued or in flight (used at shutdown). The
+ * everysec timer does not count: kvs_engine_close cancels it. */
 bool kvs_engine_idle(const struct kvs_engine *e);
 
 /* ---- index-only queries: answered from memory, no I/O ---- */
