@@ -44,7 +44,8 @@ bool kvs_log_enabled(enum kvs_log_level level)
     return level >= min_level && level < KVS_LOG_OFF;
 }
 
-static void vlog(const char *level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void vlog(const char *level, const char *fmt,
+                                                       va_list ap)
 {
     char line[1024];
     char thread[16] = "";
