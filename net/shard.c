@@ -1060,6 +1060,7 @@ static void shard_on_accept(void *ctx, int res, uint32_t flags)
     struct shard *sh = ctx;
 
     if (res >= 0) {
+        sh->accept_failing = false;
         if (sh->stopping) {
             close(res);
         } else if (atomic_fetch_add(&sh->srv->clients, 1) >= sh->srv->cfg.max_clients) {
@@ -1075,14 +1076,21 @@ static void shard_on_accept(void *ctx, int res, uint32_t flags)
     sh->accept_op = -1;
     if (sh->stopping || res == -ECANCELED)
         return;
+    /* Out of descriptors: pending connections stay in the backlog and accept is re-armed
+     * 100 ms later by the loop, not at once (it would fail at once again, in a spin). The
+     * condition is logged when it starts, not on every retry. */
+    if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
+        if (!sh->accept_failing)
+            KVS_WARN("shard %u: accept: %s; new connections wait until descriptors free up", sh->id,
+                     kvs_strerror(res));
+        sh->accept_failing = true;
+        sh->accept_retry = true;
+        sh->accept_retry_ns = now_ns() + 100 * 1000 * 1000;
+        return;
+    }
     if (res < 0)
         KVS_WARN("shard %u: accept: %s", sh->id, kvs_strerror(res));
-    /* Out of descriptors: pending connections stay in the backlog; the loop re-arms accept
-     * on its next turn after a short wait instead of spinning on the error. */
-    if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS)
-        sh->accept_retry = true;
-    else
-        shard_arm_accept(sh);
+    shard_arm_accept(sh);
 }
 
 /* ---- inboxes and wake-ups ---- */
@@ -1234,7 +1242,7 @@ static int shard_loop(struct shard *sh)
             KVS_ERROR("shard %u: ring wait failed: %s", sh->id, kvs_strerror(rc));
             return rc;
         }
-        if (sh->accept_retry && !sh->stopping) {
+        if (sh->accept_retry && !sh->stopping && now_ns() >= sh->accept_retry_ns) {
             sh->accept_retry = false;
             shard_arm_accept(sh);
         }

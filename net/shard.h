@@ -175,7 +175,9 @@ struct shard {
     int listen_fd;
     int accept_op;
     int watch_op;
-    bool accept_retry; /* accept stopped on EMFILE & co: re-arm after a pause */
+    bool accept_retry;        /* accept stopped on EMFILE & co: re-arm after a pause */
+    bool accept_failing;      /* that condition was logged; cleared by a good accept */
+    uint64_t accept_retry_ns; /* CLOCK_MONOTONIC time of the re-arm */
     /* Published before the shards start talking (start-up barrier), read-only afterwards. */
     int ring_fd;
     uint64_t watch_tag;

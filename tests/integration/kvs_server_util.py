@@ -43,10 +43,17 @@ class Server:
         self.proc = None
         self.log_path = os.path.join(tempfile.gettempdir(), f"kvs-it-{os.getpid()}-{self.port}.log")
 
-    def start(self, wait=True):
+    def start(self, wait=True, nofile=None):
+        """Start the server; nofile lowers its descriptor limit (RLIMIT_NOFILE)."""
         self.log = open(self.log_path, "w+b")
         cmd = [SERVER, "--addr", f"127.0.0.1:{self.port}", "--dir", self.dir] + self.args
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        pre = None
+        if nofile is not None:
+            import resource
+
+            def pre():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pre)
         if wait:
             self.wait_ready()
         return self

@@ -157,6 +157,37 @@ def test_non_reading_client(srv):
     bystander_ok(port)
 
 
+def test_out_of_descriptors():
+    """More clients than the server has descriptors for: the extra ones wait in the backlog
+    (the server neither crashes nor spins on accept errors) and are served once others
+    leave."""
+    with Server(args=["--shards", "2"]) as srv:
+        srv.start(nofile=80)
+        socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(100)]
+        for s in socks:
+            s.sendall(b"PING\r\n")
+        answered = set()
+        for i, s in enumerate(socks):
+            s.settimeout(0.5)
+            try:
+                if s.recv(16) == b"+PONG\r\n":
+                    answered.add(i)
+            except OSError:
+                pass
+        check(0 < len(answered) < 100, f"{len(answered)} of 100 answered with 80 descriptors")
+        for i in list(answered):
+            socks[i].close()
+        for i, s in enumerate(socks):
+            if i in answered:
+                continue
+            s.settimeout(60)
+            check(s.recv(16) == b"+PONG\r\n", f"client {i} not served after others left")
+            s.close()
+        warnings = srv.output().count("Too many open files")
+        check(warnings < 50, f"accept errors logged {warnings} times: spinning?")
+        check(srv.stop() == 0, "clean stop")
+
+
 def main():
     args = ["--shards", "2", "--max-output", "8m", "--max-pipeline", "64"]
     with Server(args=args) as srv:
@@ -169,6 +200,8 @@ def main():
         test_non_reading_client(srv)
         rc = srv.stop()
         check(rc == 0, f"kvs-server exit status {rc}:\n{srv.output()}")
+    print("== test_out_of_descriptors", flush=True)
+    test_out_of_descriptors()
     print("all passed")
 
 
