@@ -72,7 +72,6 @@ struct bthread;
 struct conn {
     struct bthread *t;
     int fd;
-    unsigned gindex; /* index among all connections */
     bool closing;
     bool sending;
     bool queued;     /* on the thread's to-do list */
@@ -1008,7 +1007,6 @@ static int setup_conns(struct bench *b)
 
             c->t = t;
             c->fd = -1;
-            c->gindex = g;
             c->fifo_cap = cfg->prefill ? prefill_depth : cfg->pipeline;
             c->depth = c->fifo_cap;
             c->fifo = calloc(c->fifo_cap, sizeof(*c->fifo));
