@@ -396,13 +396,13 @@ def _terminal():
         r = subprocess.run(["gnuplot", "-e", "set terminal pngcairo"], capture_output=True,
                            text=True, timeout=20)
         if r.returncode == 0 and not r.stderr.strip():
-            return 'pngcairo size 760,380 font ",9" noenhanced'
+            return 'pngcairo size {w},380 font ",9" noenhanced'
     except (OSError, subprocess.SubprocessError):
         pass
-    return "png size 760,380 small noenhanced"
+    return "png size {w},380 small noenhanced"
 
 
-def _plot(out_dir, name, title, script_body, data):
+def _plot(out_dir, name, title, script_body, data, width=760):
     plots_dir = os.path.join(out_dir, "plots")
     os.makedirs(plots_dir, exist_ok=True)
     dat = os.path.join(plots_dir, name + ".dat")
@@ -410,7 +410,7 @@ def _plot(out_dir, name, title, script_body, data):
         fh.write(data)
     gp = os.path.join(plots_dir, name + ".gp")
     with open(gp, "w") as fh:
-        fh.write(f"set terminal {_terminal.cached}\n")
+        fh.write(f"set terminal {_terminal.cached.format(w=width)}\n")
         fh.write(f"set output {_gp_str(os.path.join('..', name + '.png'))}\n")
         fh.write(f"set title {_gp_str(title)}\n")
         fh.write(f"data = {_gp_str(name + '.dat')}\n")
@@ -440,6 +440,8 @@ def make_plots(results, out_dir):
                 summarize(j)
         measured = [j for j in jobs if j["summary"]["throughput"]]
         if measured:
+            # Wide enough that every job's name stays readable under its bar.
+            width = max(760, 120 + 45 * len(measured))
             name = f"{stem}-throughput"
             rows = []
             for j in measured:
@@ -448,36 +450,45 @@ def make_plots(results, out_dir):
                 rows.append(f"{j['name']} {t['median']:.1f} {t['min']:.1f} {t['max']:.1f} "
                             f"{color}")
             top = max(j["summary"]["throughput"]["max"] for j in measured)
-            yfmt = "%.0s%c" if top >= 10000 else "%.0f"
+            yfmt, label = ("%.0s%c", 'sprintf("%.0fk", $2 / 1000)') if top >= 10000 \
+                else ("%.0f", 'sprintf("%.0f", $2)')
             body = (
                 "set style fill solid 0.7 border -1\nset boxwidth 0.6\nset ylabel \"ops/s\"\n"
-                "set yrange [0:*]\nset grid ytics\nset xtics rotate by -25 nomirror\n"
-                f"set format y \"{yfmt}\"\nset key top right\nset offsets 0.5, 0.5, graph 0.12, 0\n"
+                "set yrange [0:*]\nset grid ytics\nset xtics rotate by -35 nomirror\n"
+                f"set format y \"{yfmt}\"\nset key top left\n"
+                "set offsets 0.5, 0.5, graph 0.15, 0\nset bmargin 8\nset rmargin 10\n"
                 "plot data using 0:2:5:xtic(1) with boxes lc variable notitle, \\\n"
-                "     data using 0:2:3:4 with yerrorbars lc rgb \"black\" pt 7 ps 0.4 notitle, \\\n"
-                "     data using 0:4:(sprintf(\"%.0f\", $2)) with labels offset 0,0.8 "
+                "     data using 0:2:3:4 with yerrorbars lc rgb \"black\" pt 7 ps 0.4 "
                 "notitle, \\\n"
+                f"     data using 0:4:({label}) with labels rotate by 90 left "
+                "offset 0,0.5 notitle, \\\n"
                 "     NaN with boxes lc 1 title \"kvs\", NaN with boxes lc 2 title \"redis\"\n")
             err = _plot(out_dir, name, f"{stem}: throughput (median, min–max)", body,
-                        "\n".join(rows) + "\n")
+                        "\n".join(rows) + "\n", width)
             if err:
                 warnings.append(err)
             else:
                 made.append((name + ".png", f"{stem}: throughput"))
+            # Clustered bars (p50, p99, p99.9 per job) stay readable with many jobs, where
+            # one line per job does not.
             name = f"{stem}-latency"
-            header = "pct " + " ".join(j["name"] for j in measured)
-            rows = [header]
-            for p in PCTS:
-                rows.append(p + " " + " ".join(
+            shown = ["p50", "p99", "p99.9"]
+            rows = ["job " + " ".join(shown)]
+            for j in measured:
+                rows.append(j["name"] + " " + " ".join(
                     f"{_med(j['summary'][p]):.3f}" if j["summary"][p] else "NaN"
-                    for j in measured))
+                    for p in shown))
             body = (
-                "set logscale y\nset ylabel \"latency µs (log)\"\nset grid ytics mytics\n"
-                "set key outside right\nset xlabel \"percentile\"\n"
-                f"plot for [i=2:{len(measured) + 1}] data using i:xtic(1) with linespoints "
-                "title columnhead(i)\n")
+                "set logscale y\nset ylabel \"latency µs (log)\"\nset grid ytics\n"
+                "set style data histogram\nset style histogram clustered gap 1\n"
+                "set style fill solid 0.8 border -1\nset boxwidth 0.9\n"
+                "set xtics rotate by -35 nomirror\nset key top left\nset bmargin 8\nset rmargin 10\n"
+                "set yrange [*:*]\n"
+                "plot data using 2:xtic(1) title \"p50\" lc rgb \"#a6cee3\", \\\n"
+                "     '' using 3 title \"p99\" lc rgb \"#1f78b4\", \\\n"
+                "     '' using 4 title \"p99.9\" lc rgb \"#08306b\"\n")
             err = _plot(out_dir, name, f"{stem}: latency percentiles (median)", body,
-                        "\n".join(rows) + "\n")
+                        "\n".join(rows) + "\n", width)
             if err:
                 warnings.append(err)
             else:
