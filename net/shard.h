@@ -102,6 +102,7 @@ struct op {
     int64_t ival;
     char *rval;
     size_t rlen;
+    bool rval_borrowed; /* rval is the engine's view, valid only until finish has run */
     uint64_t rcount;
     struct shard_stats *stats; /* OP_STATS: lent storage in data[] */
     struct shard *xsh;         /* owner: the executing shard, for engine callbacks */
