@@ -424,6 +424,41 @@ int kvs_ring_close(struct kvs_ring *r, int fd, kvs_ring_cb_fn cb, void *ctx)
     return finish(r, sqe, idx);
 }
 
+int kvs_ring_openat(struct kvs_ring *r, int dirfd, const char *path, int flags, unsigned mode,
+                    kvs_ring_cb_fn cb, void *ctx)
+{
+    struct io_uring_sqe *sqe;
+    int idx = begin(r, cb, ctx, SLOT_ONESHOT, &sqe);
+
+    if (idx < 0)
+        return idx;
+    io_uring_prep_openat(sqe, dirfd, path, flags, mode);
+    return finish(r, sqe, idx);
+}
+
+int kvs_ring_renameat(struct kvs_ring *r, int dirfd, const char *from, const char *to,
+                      kvs_ring_cb_fn cb, void *ctx)
+{
+    struct io_uring_sqe *sqe;
+    int idx = begin(r, cb, ctx, SLOT_ONESHOT, &sqe);
+
+    if (idx < 0)
+        return idx;
+    io_uring_prep_renameat(sqe, dirfd, from, dirfd, to, 0);
+    return finish(r, sqe, idx);
+}
+
+int kvs_ring_unlinkat(struct kvs_ring *r, int dirfd, const char *path, kvs_ring_cb_fn cb, void *ctx)
+{
+    struct io_uring_sqe *sqe;
+    int idx = begin(r, cb, ctx, SLOT_ONESHOT, &sqe);
+
+    if (idx < 0)
+        return idx;
+    io_uring_prep_unlinkat(sqe, dirfd, path, 0);
+    return finish(r, sqe, idx);
+}
+
 int kvs_ring_timeout(struct kvs_ring *r, uint64_t ns, kvs_ring_cb_fn cb, void *ctx)
 {
     struct io_uring_sqe *sqe;

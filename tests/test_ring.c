@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CUnit/CUnit.h>
@@ -108,6 +109,39 @@ static void test_ring_fixed_write_linked_to_fdatasync(void)
     CU_ASSERT_EQUAL(kvs_ring_read_fixed(r, fd, buf, 1, 0, bi, on_done, &rd), -EINVAL);
     free(buf);
     close(fd);
+    kvs_ring_free(r);
+    tutil_rmtree(dir);
+}
+
+static void test_ring_directory_ops_open_rename_sync_unlink(void)
+{
+    struct kvs_ring *r = new_ring();
+    struct result o = {0}, rn = {0}, s = {0}, u = {0}, miss = {0};
+    char *dir = tutil_mkdtemp("ringdir");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st;
+
+    CU_ASSERT_FATAL(dfd >= 0);
+    CU_ASSERT(kvs_ring_openat(r, dfd, "a.tmp", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644,
+                              on_done, &o) >= 0);
+    CU_ASSERT(kvs_ring_run_until(r, &o.done) == 0);
+    CU_ASSERT_FATAL(o.res >= 0);
+    close(o.res);
+    CU_ASSERT(kvs_ring_renameat(r, dfd, "a.tmp", "a", on_done, &rn) >= 0);
+    kvs_ring_link(r);
+    CU_ASSERT(kvs_ring_fsync(r, dfd, false, on_done, &s) >= 0); /* the rename's entry */
+    CU_ASSERT(kvs_ring_run_until(r, &s.done) == 0);
+    CU_ASSERT_EQUAL(rn.res, 0);
+    CU_ASSERT_EQUAL(s.res, 0);
+    CU_ASSERT(fstatat(dfd, "a", &st, 0) == 0);
+    CU_ASSERT(fstatat(dfd, "a.tmp", &st, 0) != 0);
+    CU_ASSERT(kvs_ring_unlinkat(r, dfd, "a", on_done, &u) >= 0);
+    CU_ASSERT(kvs_ring_run_until(r, &u.done) == 0);
+    CU_ASSERT_EQUAL(u.res, 0);
+    CU_ASSERT(kvs_ring_unlinkat(r, dfd, "a", on_done, &miss) >= 0);
+    CU_ASSERT(kvs_ring_run_until(r, &miss.done) == 0);
+    CU_ASSERT_EQUAL(miss.res, -ENOENT);
+    close(dfd);
     kvs_ring_free(r);
     tutil_rmtree(dir);
 }
@@ -344,6 +378,8 @@ void test_ring_register(void)
     CU_add_test(s, "test_ring_fixed_write_linked_to_fdatasync",
                 test_ring_fixed_write_linked_to_fdatasync);
     CU_add_test(s, "test_ring_failed_link_cancels_next", test_ring_failed_link_cancels_next);
+    CU_add_test(s, "test_ring_directory_ops_open_rename_sync_unlink",
+                test_ring_directory_ops_open_rename_sync_unlink);
     CU_add_test(s, "test_ring_timeout_fires_and_cancel_stops_it",
                 test_ring_timeout_fires_and_cancel_stops_it);
     CU_add_test(s, "test_ring_msg_wakes_watcher_on_other_ring",

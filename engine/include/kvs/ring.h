@@ -102,6 +102,18 @@ int kvs_ring_sendmsg(struct kvs_ring *r, int fd, const struct msghdr *msg, kvs_r
 int kvs_ring_connect(struct kvs_ring *r, int fd, const struct sockaddr *addr, socklen_t len,
                      kvs_ring_cb_fn cb, void *ctx);
 int kvs_ring_close(struct kvs_ring *r, int fd, kvs_ring_cb_fn cb, void *ctx);
+/*
+ * Directory operations on the ring, so that a shard's loop never blocks on the file system:
+ * openat (res = new fd), renameat and unlinkat (res = 0), all relative to dirfd. The path
+ * strings must stay valid until the callback. A directory fd passed to kvs_ring_fsync() syncs
+ * the directory's entries.
+ */
+int kvs_ring_openat(struct kvs_ring *r, int dirfd, const char *path, int flags, unsigned mode,
+                    kvs_ring_cb_fn cb, void *ctx);
+int kvs_ring_renameat(struct kvs_ring *r, int dirfd, const char *from, const char *to,
+                      kvs_ring_cb_fn cb, void *ctx);
+int kvs_ring_unlinkat(struct kvs_ring *r, int dirfd, const char *path, kvs_ring_cb_fn cb,
+                      void *ctx);
 /* A timer: completes with -ETIME after ns nanoseconds (relative), or -ECANCELED. */
 int kvs_ring_timeout(struct kvs_ring *r, uint64_t ns, kvs_ring_cb_fn cb, void *ctx);
 /* Cancel one op by id (its callback still runs, normally with -ECANCELED). */
