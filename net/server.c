@@ -23,6 +23,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kvs/error.h"
@@ -168,10 +169,27 @@ int server_open_listener(const struct server *srv, char *msg, size_t msglen)
  * on our port is one of ours, so two servers racing through the window both see the other
  * and both exit instead of sharing. docs/server.md explains the choice.
  */
+/*
+ * A server killed with SIGKILL leaves its listeners (and connections) behind for a moment:
+ * they belong to its io_uring instances, which the kernel tears down asynchronously after the
+ * process is gone (about 30 ms measured here). A restart "at once" must not mistake those
+ * for another server, so an address in use is probed again for up to PROBE_WAIT_MS before
+ * it is reported. A real second server is still refused, only that much later.
+ */
+#define PROBE_WAIT_MS  2000
+#define PROBE_RETRY_MS 20
+
 static int probe_port(const struct server *srv)
 {
-    int fd = bind_socket(srv, false);
+    const struct timespec pause = {.tv_sec = 0, .tv_nsec = PROBE_RETRY_MS * 1000000L};
+    int fd = -EADDRINUSE;
 
+    for (int waited = 0; waited <= PROBE_WAIT_MS; waited += PROBE_RETRY_MS) {
+        fd = bind_socket(srv, false);
+        if (fd != -EADDRINUSE)
+            break;
+        nanosleep(&pause, NULL);
+    }
     if (fd < 0)
         return fd;
     close(fd);
