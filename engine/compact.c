@@ -55,8 +55,22 @@ struct compaction {
     struct seg *sw; /* finished output whose index entries are being switched */
     size_t swpos;
     int hintfd, pending, r[3];
+    char from[32], to[32]; /* names read by a ring rename/openat until its completion */
+
+    /* The next output, created on the ring before the step that may need it (-1: none). */
+    int nextfd;
+    uint32_t next_id;
+    bool next_opening;
+    char next_name[32];
+    bool need_rotate; /* an explicit compaction waits for the spare segment to rotate into */
+
+    /* The finish chain (enum fin_stage): stage, first error, sync error of a linked pair. */
+    int fin, fres, syncerr;
     int mergefd;
     uint8_t *merge;
+    size_t mlen;
+    char (*names)[32]; /* inputs' .seg and .hint names, for the unlinks */
+    size_t nnames;
 };
 
 static void step(struct compaction *cp);
@@ -72,6 +86,16 @@ static void out_name(char *buf, size_t len, uint32_t id)
     snprintf(buf, len, "%06u.seg.tmp", id);
 }
 
+/* Close and unlink the pre-opened output file if it was not used. */
+static void drop_next(struct compaction *cp)
+{
+    if (cp->nextfd < 0)
+        return;
+    store_unlink(cp->e, cp->next_name);
+    store_close_fd(cp->e, cp->nextfd);
+    cp->nextfd = -1;
+}
+
 /* Release the compaction's buffers and report res to whoever asked for it. */
 static void complete(struct compaction *cp, int res)
 {
@@ -85,6 +109,7 @@ static void complete(struct compaction *cp, int res)
     free(cp->obuf);
     free(cp->big);
     free(cp->merge);
+    free(cp->names);
     hint_fini(&cp->oh);
     free(cp->mv);
     free(cp->in);
@@ -96,7 +121,8 @@ static void complete(struct compaction *cp, int res)
     free(cp);
 }
 
-/* Give up: drop the unfinished output; finished outputs are valid segments and stay. */
+/* Give up: drop the unfinished output and an unused pre-opened one; finished outputs are valid
+ * segments and stay. The file-system clean-up goes on the ring like everything else. */
 static void fail(struct compaction *cp, int err)
 {
     struct kvs_engine *e = cp->e;
@@ -106,13 +132,17 @@ static void fail(struct compaction *cp, int err)
         KVS_ERROR("engine %s: compaction stopped: %s", e->dir, kvs_strerror(err));
     if (cp->out != NULL) {
         out_name(name, sizeof(name), cp->out->id);
-        (void)unlinkat(e->dirfd, name, 0);
+        store_unlink(e, name);
         store_seg_name(name, sizeof(name), cp->out->id, "hint");
-        (void)unlinkat(e->dirfd, name, 0);
-        close(cp->out->fd);
+        store_unlink(e, name);
+        store_close_fd(e, cp->out->fd);
         free(cp->out);
         cp->out = NULL;
     }
+    if (cp->hintfd >= 0)
+        store_close_fd(e, cp->hintfd);
+    cp->hintfd = -1;
+    drop_next(cp);
     for (size_t i = 0; i < cp->nin; i++)
         store_seg_unref(e, cp->in[i]);
     complete(cp, err);
@@ -126,29 +156,19 @@ static void corrupt(struct compaction *cp, uint64_t off)
     fail(cp, KVS_ECORRUPT);
 }
 
-/* Open a new output segment (NNNNNN.seg.tmp) when none is being written. */
+/* Make the pre-opened file (see next_open_cb) the output segment when none is being written. */
 static int ensure_out(struct compaction *cp)
 {
-    struct kvs_engine *e = cp->e;
-    char name[32];
-    int fd;
-
     if (cp->out != NULL)
         return 0;
-    out_name(name, sizeof(name), e->next_id);
-    fd = openat(e->dirfd, name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    cp->out = store_seg_new(e->next_id, fd, 0);
-    if (cp->out == NULL) {
-        close(fd);
-        (void)unlinkat(e->dirfd, name, 0);
+    if (cp->nextfd < 0)
+        return -EINVAL; /* step() opens it before every read that may need it */
+    cp->out = store_seg_new(cp->next_id, cp->nextfd, 0);
+    if (cp->out == NULL)
         return -ENOMEM;
-    }
-    e->next_id++;
+    cp->nextfd = -1;
     return hint_init(&cp->oh);
 }
-
 /* Should the record (header h, source offset off in the current input) be copied? */
 static bool wanted(struct compaction *cp, const uint8_t *rec, const struct record_hdr *h,
                    uint64_t off, uint64_t *hash)
@@ -263,25 +283,15 @@ static void switch_cb(void *ctx, int res, uint32_t flags)
 
 /* The output, its hint and the hint's sync are durable: rename it into place (the commit
  * point of this output), add it to the table, then switch the index to it. */
-static void out_done(struct compaction *cp)
+/* The rename of the output to NNNNNN.seg completed: the commit point of this output. Add it to
+ * the table, then switch the index to it. */
+static void rename_cb(void *ctx, int res, uint32_t flags)
 {
+    struct compaction *cp = ctx;
     struct kvs_engine *e = cp->e;
-    char from[32], to[32];
-    int rc = 0;
+    int rc = res;
 
-    close(cp->hintfd);
-    cp->hintfd = -1;
-    for (int i = 0; i < 3; i++)
-        if (cp->r[i] < 0 && rc == 0)
-            rc = cp->r[i];
-    if (rc == 0 && (size_t)cp->r[1] != cp->oh.len)
-        rc = -EIO;
-    if (rc == 0) {
-        out_name(from, sizeof(from), cp->out->id);
-        store_seg_name(to, sizeof(to), cp->out->id, "seg");
-        if (renameat(e->dirfd, from, e->dirfd, to) != 0)
-            rc = -errno;
-    }
+    (void)flags;
     if (rc == 0)
         rc = store_seg_insert(e, cp->out);
     if (rc < 0) {
@@ -295,6 +305,28 @@ static void out_done(struct compaction *cp)
     cp->out = NULL;
     cp->swpos = 0;
     switch_some(cp);
+}
+
+/* The output, its hint and the hint's sync are durable: rename it into place on the ring. */
+static void out_done(struct compaction *cp)
+{
+    struct kvs_engine *e = cp->e;
+    int rc = 0;
+
+    store_close_fd(e, cp->hintfd);
+    cp->hintfd = -1;
+    for (int i = 0; i < 3; i++)
+        if (cp->r[i] < 0 && rc == 0)
+            rc = cp->r[i];
+    if (rc == 0 && (size_t)cp->r[1] != cp->oh.len)
+        rc = -EIO;
+    if (rc == 0) {
+        out_name(cp->from, sizeof(cp->from), cp->out->id);
+        store_seg_name(cp->to, sizeof(cp->to), cp->out->id, "seg");
+        rc = kvs_ring_renameat(e->ring, e->dirfd, cp->from, cp->to, rename_cb, cp);
+    }
+    if (rc < 0)
+        fail(cp, rc);
 }
 
 /* One of the three completions of finish_out(); the last one continues. */
@@ -323,27 +355,27 @@ static void out_hsync_cb(void *ctx, int res, uint32_t flags)
     out_cb(ctx, 2, res);
 }
 
-/* fdatasync the output, then write and fdatasync its hint (one linked chain). */
-static void finish_out(struct compaction *cp)
+/* The output's hint file is open: fdatasync the output, then write and fdatasync its hint
+ * (one linked chain). */
+static void hint_open_cb(void *ctx, int res, uint32_t flags)
 {
+    struct compaction *cp = ctx;
     struct kvs_engine *e = cp->e;
-    char name[32];
     int rc;
 
-    rc = hint_finish(&cp->oh, cp->out->id, cp->out->size);
-    if (rc < 0)
-        goto err;
-    store_seg_name(name, sizeof(name), cp->out->id, "hint");
-    cp->hintfd = openat(e->dirfd, name, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-    if (cp->hintfd < 0) {
-        rc = -errno;
-        goto err;
+    (void)flags;
+    if (res < 0) {
+        fail(cp, res);
+        return;
     }
+    cp->hintfd = res;
     cp->pending = 0;
     cp->r[0] = cp->r[1] = cp->r[2] = 0;
     rc = kvs_ring_fsync(e->ring, cp->out->fd, true, out_sync_cb, cp);
-    if (rc < 0)
-        goto err;
+    if (rc < 0) {
+        fail(cp, rc);
+        return;
+    }
     cp->pending++;
     kvs_ring_link(e->ring);
     rc = kvs_ring_write(e->ring, cp->hintfd, cp->oh.data, cp->oh.len, 0, out_hint_cb, cp);
@@ -359,107 +391,245 @@ static void finish_out(struct compaction *cp)
         return;
     }
     cp->pending++;
-    return;
-err:
-    if (cp->hintfd >= 0)
-        close(cp->hintfd);
-    cp->hintfd = -1;
-    fail(cp, rc);
+}
+
+/* The output is complete: create its hint file on the ring (hint_open_cb goes on). */
+static void finish_out(struct compaction *cp)
+{
+    struct kvs_engine *e = cp->e;
+    int rc;
+
+    rc = hint_finish(&cp->oh, cp->out->id, cp->out->size);
+    if (rc == 0) {
+        store_seg_name(cp->to, sizeof(cp->to), cp->out->id, "hint");
+        rc = kvs_ring_openat(e->ring, e->dirfd, cp->to, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC,
+                             0644, hint_open_cb, cp);
+    }
+    if (rc < 0)
+        fail(cp, rc);
 }
 
 /* ---- the end: marker, unlink, done ---- */
 
-static void merge_written(struct compaction *cp)
+/*
+ * The end of a compaction is one ordered chain of ring steps (docs/design.md, "Compaction");
+ * fin_cb moves from one to the next when every completion of the current one is in:
+ *
+ *   FIN_DIRSYNC   fsync of the directory: the outputs' renames are durable
+ *   FIN_OPEN      openat MERGE.tmp
+ *   FIN_WRITE     write the marker, linked fdatasync
+ *   FIN_RENAME    rename MERGE.tmp -> MERGE, linked fsync of the directory: marker durable
+ *   FIN_UNLINK    unlink every input and its hint (in parallel; failures only logged)
+ *   FIN_DIRSYNC2  fsync of the directory: the unlinks are durable
+ *   FIN_UNMERGE   unlink MERGE
+ */
+enum fin_stage {
+    FIN_DIRSYNC,
+    FIN_OPEN,
+    FIN_WRITE,
+    FIN_RENAME,
+    FIN_UNLINK,
+    FIN_DIRSYNC2,
+    FIN_UNMERGE
+};
+
+static void fin_cb(void *ctx, int res, uint32_t flags);
+
+/* Queue the ops of stage st; returns 0 or -errno (ops queued before an error still complete
+ * and are counted in cp->pending). */
+static int fin_stage(struct compaction *cp, enum fin_stage st)
 {
     struct kvs_engine *e = cp->e;
     int rc = 0;
 
-    close(cp->mergefd);
-    for (int i = 0; i < 2; i++)
-        if (cp->r[i] < 0 && rc == 0)
-            rc = cp->r[i];
-    if (rc == 0 && renameat(e->dirfd, "MERGE.tmp", e->dirfd, "MERGE") != 0)
-        rc = -errno;
-    if (rc < 0) {
-        /* The outputs are in use and correct; the old segments stay until next time. */
-        (void)unlinkat(e->dirfd, "MERGE.tmp", 0);
-        fail(cp, rc);
-        return;
+    cp->fin = (int)st;
+    cp->fres = 0;
+    cp->syncerr = 0;
+    cp->pending = 0;
+    switch (st) {
+    case FIN_DIRSYNC:
+    case FIN_DIRSYNC2:
+        rc = kvs_ring_fsync(e->ring, e->dirfd, false, fin_cb, cp);
+        break;
+    case FIN_OPEN:
+        rc = kvs_ring_openat(e->ring, e->dirfd, "MERGE.tmp",
+                             O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644, fin_cb, cp);
+        break;
+    case FIN_WRITE:
+        rc = kvs_ring_write(e->ring, cp->mergefd, cp->merge, cp->mlen, 0, fin_cb, cp);
+        if (rc < 0)
+            break;
+        cp->pending++;
+        kvs_ring_link(e->ring);
+        rc = kvs_ring_fsync(e->ring, cp->mergefd, true, fin_cb, cp);
+        break;
+    case FIN_RENAME:
+        rc = kvs_ring_renameat(e->ring, e->dirfd, "MERGE.tmp", "MERGE", fin_cb, cp);
+        if (rc < 0)
+            break;
+        cp->pending++;
+        kvs_ring_link(e->ring);
+        rc = kvs_ring_fsync(e->ring, e->dirfd, false, fin_cb, cp);
+        break;
+    case FIN_UNLINK:
+        for (size_t i = 0; i < cp->nnames && rc >= 0; i++) {
+            rc = kvs_ring_unlinkat(e->ring, e->dirfd, cp->names[i], fin_cb, cp);
+            if (rc >= 0)
+                cp->pending++;
+        }
+        return rc < 0 ? rc : 0;
+    case FIN_UNMERGE:
+        rc = kvs_ring_unlinkat(e->ring, e->dirfd, "MERGE", fin_cb, cp);
+        break;
     }
-    store_fsync_dir(e);
-    for (size_t i = 0; i < cp->nin; i++) {
-        struct seg *s = cp->in[i];
-        char name[32];
-
-        store_seg_name(name, sizeof(name), s->id, "seg");
-        (void)unlinkat(e->dirfd, name, 0);
-        store_seg_name(name, sizeof(name), s->id, "hint");
-        (void)unlinkat(e->dirfd, name, 0);
-        s->refs--;
-        store_seg_remove(e, s); /* closes now, or after the last read in flight */
-    }
-    store_fsync_dir(e);
-    (void)unlinkat(e->dirfd, "MERGE", 0);
-    e->st.compactions++;
-    e->st.fsyncs++;
-    KVS_DEBUG("engine %s: compaction removed %zu segments", e->dir, cp->nin);
-    cp->nin = 0;
-    complete(cp, 0);
+    if (rc >= 0)
+        cp->pending++;
+    return rc < 0 ? rc : 0;
 }
 
-/* Completions of the merge marker's write and linked fdatasync. */
-static void merge_cb(void *ctx, int res, uint32_t flags)
+/* Take the inputs out of the table (their fds close on the ring, or after the last read in
+ * flight) and name their files for FIN_UNLINK. */
+static int fin_drop_inputs(struct compaction *cp)
+{
+    struct kvs_engine *e = cp->e;
+
+    cp->names = calloc(cp->nin * 2 + 1, sizeof(*cp->names));
+    if (cp->names == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < cp->nin; i++) {
+        struct seg *s = cp->in[i];
+
+        store_seg_name(cp->names[cp->nnames++], sizeof(cp->names[0]), s->id, "seg");
+        store_seg_name(cp->names[cp->nnames++], sizeof(cp->names[0]), s->id, "hint");
+        s->refs--;
+        store_seg_remove(e, s);
+    }
+    KVS_DEBUG("engine %s: compaction removed %zu segments", e->dir, cp->nin);
+    cp->nin = 0;
+    return 0;
+}
+
+/* Every completion of the current finish stage is in (cp->fres holds the first error). */
+static void fin_next(struct compaction *cp)
+{
+    struct kvs_engine *e = cp->e;
+    enum fin_stage st = (enum fin_stage)cp->fin;
+    int rc = cp->fres;
+
+    switch (st) {
+    case FIN_DIRSYNC:
+        if (rc < 0) {
+            store_fail(e, rc, "directory fsync after compaction");
+            break;
+        }
+        rc = fin_stage(cp, FIN_OPEN);
+        break;
+    case FIN_OPEN:
+        if (rc >= 0)
+            rc = fin_stage(cp, FIN_WRITE);
+        break;
+    case FIN_WRITE:
+    case FIN_RENAME:
+        if (rc < 0)
+            break;
+        if (st == FIN_WRITE) {
+            store_close_fd(e, cp->mergefd);
+            cp->mergefd = -1;
+            rc = fin_stage(cp, FIN_RENAME);
+            break;
+        }
+        e->st.fsyncs += 2;
+        /* The marker is durable: from here the inputs are gone whatever happens. */
+        rc = fin_drop_inputs(cp);
+        if (rc == 0)
+            rc = fin_stage(cp, FIN_UNLINK);
+        break;
+    case FIN_UNLINK:
+        /* A failed unlink leaves a dead file that the marker names; open deletes it. */
+        rc = fin_stage(cp, FIN_DIRSYNC2);
+        break;
+    case FIN_DIRSYNC2:
+        if (rc < 0) {
+            /* The unlinks may not be durable: MERGE must stay so that open finishes them. */
+            store_fail(e, rc, "directory fsync after compaction");
+            break;
+        }
+        e->st.fsyncs++;
+        rc = fin_stage(cp, FIN_UNMERGE);
+        break;
+    case FIN_UNMERGE:
+        e->st.compactions++;
+        complete(cp, 0);
+        return;
+    }
+    if (rc < 0 && cp->pending > 0) {
+        cp->fres = rc; /* wait for what was queued */
+        return;
+    }
+    if (rc < 0) {
+        /* A failed fsync leaves durability unknown: the engine fails rather than retry. */
+        if (cp->syncerr < 0)
+            store_fail(e, cp->syncerr, "fsync of the compaction marker");
+        if (st <= FIN_RENAME && cp->nin > 0) {
+            /* Before the marker is durable: the outputs are in use and correct, the inputs
+             * stay until next time. */
+            if (cp->mergefd >= 0)
+                store_close_fd(e, cp->mergefd);
+            cp->mergefd = -1;
+            if (st >= FIN_OPEN)
+                store_unlink(e, "MERGE.tmp");
+        }
+        fail(cp, rc);
+    }
+}
+
+static void fin_cb(void *ctx, int res, uint32_t flags)
 {
     struct compaction *cp = ctx;
 
     (void)flags;
-    cp->r[cp->pending == 2 ? 0 : 1] = res;
+    if (cp->fin == FIN_OPEN && res >= 0) {
+        cp->mergefd = res;
+        res = 0;
+    }
+    /* FIN_WRITE and FIN_RENAME are linked pairs: the second CQE (pending 1) is the sync. */
+    if (cp->fin == FIN_WRITE && cp->pending == 2 && res >= 0 && (size_t)res != cp->mlen)
+        res = -EIO;
+    if ((cp->fin == FIN_WRITE || cp->fin == FIN_RENAME) && cp->pending == 1 && res < 0 &&
+        res != -ECANCELED)
+        cp->syncerr = res;
+    if (cp->fin == FIN_UNLINK && res < 0 && res != -ENOENT)
+        KVS_WARN("engine %s: compaction could not unlink an old file: %s", cp->e->dir,
+                 kvs_strerror(res));
+    else if (res < 0 && cp->fres == 0 && cp->fin != FIN_UNLINK)
+        cp->fres = res;
     if (--cp->pending == 0)
-        merge_written(cp);
+        fin_next(cp);
 }
 
-/* Every input is copied: make the MERGE marker durable, then merge_written() unlinks. */
+/* Every input is copied: start the finish chain (see enum fin_stage). */
 static void finish(struct compaction *cp)
 {
-    struct kvs_engine *e = cp->e;
     uint32_t *ids = malloc((cp->nin + 1) * sizeof(*ids));
-    size_t len = 0;
     int rc;
 
+    drop_next(cp);
     if (ids == NULL) {
         fail(cp, -ENOMEM);
         return;
     }
     for (size_t i = 0; i < cp->nin; i++)
         ids[i] = cp->in[i]->id;
-    cp->merge = merge_encode(ids, (uint32_t)cp->nin, &len);
+    cp->merge = merge_encode(ids, (uint32_t)cp->nin, &cp->mlen);
     free(ids);
     if (cp->merge == NULL) {
         fail(cp, -ENOMEM);
         return;
     }
     /* The renames of the outputs must be durable before the marker can name their inputs. */
-    store_fsync_dir(e);
-    cp->mergefd = openat(e->dirfd, "MERGE.tmp", O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-    if (cp->mergefd < 0) {
-        fail(cp, -errno);
-        return;
-    }
-    cp->pending = 0;
-    cp->r[0] = cp->r[1] = 0;
-    rc = kvs_ring_write(e->ring, cp->mergefd, cp->merge, len, 0, merge_cb, cp);
-    if (rc < 0) {
-        close(cp->mergefd);
+    rc = fin_stage(cp, FIN_DIRSYNC);
+    if (rc < 0)
         fail(cp, rc);
-        return;
-    }
-    cp->pending = 2;
-    kvs_ring_link(e->ring);
-    rc = kvs_ring_fsync(e->ring, cp->mergefd, true, merge_cb, cp);
-    if (rc < 0) {
-        cp->r[1] = rc;
-        cp->pending = 1;
-    }
 }
 
 /* ---- the copy loop ---- */
@@ -639,6 +809,39 @@ static void read_cb(void *ctx, int res, uint32_t flags)
     write_out(cp);
 }
 
+/* The pre-opened output's openat completed: continue the step it was opened for. */
+static void next_open_cb(void *ctx, int res, uint32_t flags)
+{
+    struct compaction *cp = ctx;
+
+    (void)flags;
+    cp->next_opening = false;
+    if (res < 0) {
+        fail(cp, res);
+        return;
+    }
+    cp->nextfd = res;
+    step(cp);
+}
+
+/* Create the next output file NNNNNN.seg.tmp on the ring, so that the copy loop (which finds
+ * out only record by record whether it needs an output) never waits for the file system. */
+static int open_next(struct compaction *cp)
+{
+    struct kvs_engine *e = cp->e;
+    int rc;
+
+    cp->next_id = e->next_id;
+    out_name(cp->next_name, sizeof(cp->next_name), cp->next_id);
+    rc = kvs_ring_openat(e->ring, e->dirfd, cp->next_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC,
+                         0644, next_open_cb, cp);
+    if (rc < 0)
+        return rc;
+    e->next_id++;
+    cp->next_opening = true;
+    return 0;
+}
+
 /* One bounded step: read the next compact_step bytes of the current input. */
 static void step(struct compaction *cp)
 {
@@ -683,6 +886,12 @@ static void step(struct compaction *cp)
         }
         if (skipped)
             continue;
+        if (cp->out == NULL && cp->nextfd < 0) {
+            rc = open_next(cp);
+            if (rc < 0)
+                fail(cp, rc);
+            return;
+        }
         if (limit > cp->cap)
             limit = cp->cap;
         if (cp->iidx >= 0)
@@ -768,6 +977,20 @@ void compact_kick(struct kvs_engine *e)
         complete(cp, e->closing ? KVS_ECLOSED : KVS_EFAILED);
         return;
     }
+    if (cp->need_rotate) {
+        /* Rotation needs the spare segment, created on the ring: when it is still opening,
+         * its completion kicks again. */
+        int rc = e->active->size > 0 ? store_rotate(e) : 0;
+
+        if (rc == -EAGAIN)
+            return;
+        if (rc < 0) {
+            complete(cp, rc);
+            return;
+        }
+        cp->need_rotate = false;
+        kvs_engine_flush(e);
+    }
     if (quiescent(e))
         begin(cp);
 }
@@ -789,7 +1012,7 @@ int compact_start(struct kvs_engine *e, bool rotate, kvs_engine_done_fn done, vo
         return -ENOMEM;
     cp->e = e;
     cp->iidx = cp->oidx = -1;
-    cp->hintfd = cp->mergefd = -1;
+    cp->hintfd = cp->mergefd = cp->nextfd = -1;
     if (done != NULL) {
         cp->w = malloc(sizeof(*cp->w));
         if (cp->w == NULL) {
@@ -803,11 +1026,12 @@ int compact_start(struct kvs_engine *e, bool rotate, kvs_engine_done_fn done, vo
     /* An explicit compaction also covers what is in the active segment now. */
     if (rotate && e->active->size > 0) {
         rc = store_rotate(e);
-        if (rc < 0) {
+        if (rc < 0 && rc != -EAGAIN) {
             free(cp->w);
             free(cp);
             return rc;
         }
+        cp->need_rotate = rc == -EAGAIN; /* compact_kick rotates once the spare is open */
     }
     cp->waiting = true;
     e->cp = cp;

@@ -2,9 +2,10 @@
 /*
  * The engine object: open/close, options, the segment table, group-commit writes, reads, the
  * fsync policy and the synchronous wrappers. Recovery lives in recover.c, compaction in
- * compact.c. All log I/O goes through the ring executor (kvs/ring.h); the only plain syscalls
- * are setup-time ones: open/openat, flock, ftruncate, rename, unlink, close, and the directory
- * fsync at open. docs/design.md explains the choices made here.
+ * compact.c. All log I/O goes through the ring executor (kvs/ring.h), and once open has
+ * returned so do openat, unlink, close and the directory fsync: the engine runs inside a shard
+ * loop, where a blocking syscall stalls every client. Plain syscalls are left at open and
+ * close (and the rotation fallback in rotate_for_write). docs/design.md explains the choices.
  */
 #include "kvs/engine.h"
 
@@ -151,12 +152,15 @@ struct seg *store_seg_new(uint32_t id, int fd, uint64_t size)
     return s;
 }
 
-/* Close and free a segment object (never its files on disk). */
-static void seg_free(struct seg *s)
+/* Close and free a segment object (never its files on disk). e is NULL at engine_free, where
+ * the fd is closed with a plain syscall. */
+static void seg_free(struct kvs_engine *e, struct seg *s)
 {
     if (s == NULL)
         return;
-    if (s->fd >= 0)
+    if (s->fd >= 0 && e != NULL)
+        store_close_fd(e, s->fd);
+    else if (s->fd >= 0)
         close(s->fd);
     if (s->hint != NULL) {
         hint_fini(s->hint);
@@ -223,7 +227,7 @@ void store_seg_remove(struct kvs_engine *e, struct seg *s)
         e->nsegs--;
     }
     if (s->refs == 0) {
-        seg_free(s);
+        seg_free(e, s);
         return;
     }
     s->next_doomed = e->doomed;
@@ -240,7 +244,7 @@ void store_seg_unref(struct kvs_engine *e, struct seg *s)
     for (pp = &e->doomed; *pp != NULL; pp = &(*pp)->next_doomed) {
         if (*pp == s) {
             *pp = s->next_doomed;
-            seg_free(s);
+            seg_free(e, s);
             return;
         }
     }
@@ -258,9 +262,74 @@ void store_fail(struct kvs_engine *e, int err, const char *what)
 void store_fsync_dir(struct kvs_engine *e)
 {
     /* Directory entries (new, renamed, unlinked files) are only durable after an fsync of the
-     * directory. Done as a syscall at open and at the end of a compaction only. */
+     * directory. A plain syscall at open only; once the engine serves, the directory is
+     * synced on the ring (compact.c, sync_start). */
     if (fsync(e->dirfd) != 0)
         KVS_WARN("engine %s: fsync of the directory failed: %s", e->dir, strerror(errno));
+}
+
+/* ---- fire-and-forget file-system ops on the ring ---- */
+
+/* A close or unlink issued on the ring; the name must outlive the op, so it lives here. */
+struct fs_op {
+    struct kvs_engine *e;
+    bool unlink;
+    char name[32];
+};
+
+/* Completion of a background close or unlink: only failures worth knowing are logged. */
+static void fs_op_cb(void *ctx, int res, uint32_t flags)
+{
+    struct fs_op *op = ctx;
+
+    (void)flags;
+    op->e->inflight--;
+    if (op->unlink && res < 0 && res != -ENOENT)
+        KVS_WARN("engine %s: unlink of %s failed: %s", op->e->dir, op->name, kvs_strerror(res));
+    free(op);
+}
+
+/* Whether file-system work must go through the ring (the engine serves a loop). */
+static bool use_ring(const struct kvs_engine *e)
+{
+    return e->ready && !e->closing && e->ring != NULL;
+}
+
+void store_close_fd(struct kvs_engine *e, int fd)
+{
+    struct fs_op *op;
+
+    if (fd < 0)
+        return;
+    /* The last close of an unlinked file frees its blocks: on the ring that is not the
+     * loop's time. Out of memory or slots, a plain close is the only way left. */
+    op = use_ring(e) ? calloc(1, sizeof(*op)) : NULL;
+    if (op != NULL) {
+        op->e = e;
+        if (kvs_ring_close(e->ring, fd, fs_op_cb, op) >= 0) {
+            e->inflight++;
+            return;
+        }
+        free(op);
+    }
+    close(fd);
+}
+
+void store_unlink(struct kvs_engine *e, const char *name)
+{
+    struct fs_op *op = use_ring(e) ? calloc(1, sizeof(*op)) : NULL;
+
+    if (op != NULL) {
+        op->e = e;
+        op->unlink = true;
+        snprintf(op->name, sizeof(op->name), "%s", name);
+        if (kvs_ring_unlinkat(e->ring, e->dirfd, op->name, fs_op_cb, op) >= 0) {
+            e->inflight++;
+            return;
+        }
+        free(op);
+    }
+    (void)unlinkat(e->dirfd, name, 0);
 }
 
 /* ---- synchronous helpers over the ring ---- */
@@ -406,25 +475,27 @@ struct hint_op {
     struct seg *seg;
     struct hint_buf *hb;
     int fd, pending, sres, wres;
+    char name[32]; /* NNNNNN.hint: read by the ring's openat until its completion */
 };
 
-/* Both completions of a rotation hint (segment sync, hint write) are in. */
-static void hint_op_done(struct hint_op *op)
+/* Every completion of a rotation hint (open, segment sync, hint write) is in. kick: let a
+ * compaction waiting for quiet segments begin (not when called from store_write_hint itself,
+ * which runs inside rotation and batch completion). */
+static void hint_op_done(struct hint_op *op, bool kick)
 {
     struct kvs_engine *e = op->e;
     struct seg *s = op->seg;
-    char name[32];
 
-    close(op->fd);
+    store_close_fd(e, op->fd);
     if (op->sres < 0)
         store_fail(e, op->sres, "fdatasync of a finished segment");
     if (op->wres < 0 || (size_t)op->wres != op->hb->len) {
         /* The hint is only an accelerator: without it recovery scans the segment. */
-        store_seg_name(name, sizeof(name), s->id, "hint");
         if (op->sres >= 0)
             KVS_WARN("engine %s: writing %s failed (%s); recovery will scan the segment", e->dir,
-                     name, op->wres < 0 ? kvs_strerror(op->wres) : "short write");
-        (void)unlinkat(e->dirfd, name, 0);
+                     op->name, op->wres < 0 ? kvs_strerror(op->wres) : "short write");
+        if (op->fd >= 0)
+            store_unlink(e, op->name);
     } else {
         s->has_hint = true;
     }
@@ -434,7 +505,8 @@ static void hint_op_done(struct hint_op *op)
     e->inflight--;
     store_seg_unref(e, s);
     free(op);
-    compact_kick(e);
+    if (kick)
+        compact_kick(e);
 }
 
 /* The fdatasync of the finished segment that precedes its hint. */
@@ -447,7 +519,7 @@ static void hint_sync_cb(void *ctx, int res, uint32_t flags)
     if (res >= 0)
         op->e->st.fsyncs++;
     if (--op->pending == 0)
-        hint_op_done(op);
+        hint_op_done(op, true);
 }
 
 /* The write of the hint file itself (cancelled if the sync before it failed). */
@@ -458,20 +530,62 @@ static void hint_write_cb(void *ctx, int res, uint32_t flags)
     (void)flags;
     op->wres = res;
     if (--op->pending == 0)
-        hint_op_done(op);
+        hint_op_done(op, true);
+}
+
+/* The hint file is open (op->fd): fdatasync the segment (unless the policy is never) linked to
+ * the write of the hint. Returns false when nothing could be queued (op->wres says why). */
+static bool hint_io(struct hint_op *op)
+{
+    struct kvs_engine *e = op->e;
+    struct seg *s = op->seg;
+    int rc;
+
+    if (e->opt.fsync != KVS_FSYNC_NEVER && s->unsynced) {
+        /* The hint must never describe bytes that are not durable: sync the segment first. */
+        rc = kvs_ring_fsync(e->ring, s->fd, true, hint_sync_cb, op);
+        if (rc >= 0) {
+            op->pending++;
+            s->unsynced = false;
+            kvs_ring_link(e->ring);
+        }
+    }
+    rc = kvs_ring_write(e->ring, op->fd, op->hb->data, op->hb->len, 0, hint_write_cb, op);
+    if (rc < 0)
+        op->wres = rc; /* a linked sync that is queued finishes the op when it completes */
+    else
+        op->pending++;
+    return op->pending > 0;
+}
+
+/* The hint file's openat on the ring completed. */
+static void hint_open_cb(void *ctx, int res, uint32_t flags)
+{
+    struct hint_op *op = ctx;
+
+    (void)flags;
+    if (res < 0) {
+        op->wres = res;
+        hint_op_done(op, true);
+        return;
+    }
+    op->fd = res;
+    if (!hint_io(op))
+        hint_op_done(op, true);
 }
 
 /*
- * store_write_hint - s was rotated out and all its writes are done: fdatasync it (unless the
- * policy is never) linked to the write of its hint file, built while its records were appended.
- * Takes ownership of s->hint. Returns 0, or a negative error after dropping the hint.
+ * store_write_hint - s was rotated out and all its writes are done: create its hint file (on
+ * the ring once the engine serves), then fdatasync s (unless the policy is never) linked to
+ * the write of the hint, built while its records were appended. Takes ownership of s->hint.
+ * Returns 0 (failures after this point are logged, the segment just has no hint), or a
+ * negative error after dropping the hint.
  */
 int store_write_hint(struct kvs_engine *e, struct seg *s)
 {
     struct hint_op *op = NULL;
     struct hint_buf *hb = s->hint;
-    char name[32];
-    int rc, fd = -1;
+    int rc, fd;
 
     s->hint = NULL;
     if (hb == NULL)
@@ -479,12 +593,6 @@ int store_write_hint(struct kvs_engine *e, struct seg *s)
     rc = hint_finish(hb, s->id, s->size);
     if (rc < 0)
         goto err;
-    store_seg_name(name, sizeof(name), s->id, "hint");
-    fd = openat(e->dirfd, name, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = -errno;
-        goto err;
-    }
     op = calloc(1, sizeof(*op));
     if (op == NULL) {
         rc = -ENOMEM;
@@ -493,33 +601,37 @@ int store_write_hint(struct kvs_engine *e, struct seg *s)
     op->e = e;
     op->seg = s;
     op->hb = hb;
-    op->fd = fd;
-    if (e->opt.fsync != KVS_FSYNC_NEVER && s->unsynced) {
-        /* The hint must never describe bytes that are not durable: sync the segment first. */
-        rc = kvs_ring_fsync(e->ring, s->fd, true, hint_sync_cb, op);
-        if (rc < 0)
-            goto err;
-        op->pending++;
-        s->unsynced = false;
-        kvs_ring_link(e->ring);
-    }
-    rc = kvs_ring_write(e->ring, fd, hb->data, hb->len, 0, hint_write_cb, op);
-    if (rc < 0 && op->pending == 0)
-        goto err;
-    if (rc < 0)
-        op->wres = rc; /* the linked sync is queued; finish when it completes */
-    else
-        op->pending++;
+    op->fd = -1;
+    store_seg_name(op->name, sizeof(op->name), s->id, "hint");
     s->refs++;
     s->hint_busy = true;
     e->inflight++;
+    if (use_ring(e)) {
+        rc = kvs_ring_openat(e->ring, e->dirfd, op->name, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC,
+                             0644, hint_open_cb, op);
+        if (rc >= 0)
+            return 0;
+        op->wres = rc;
+        hint_op_done(op, false);
+        return rc;
+    }
+    /* During open (hints rewritten by recovery) a plain openat is fine. */
+    fd = openat(e->dirfd, op->name, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = -errno;
+        op->wres = rc;
+        hint_op_done(op, false);
+        return rc;
+    }
+    op->fd = fd;
+    if (!hint_io(op)) {
+        rc = op->wres;
+        hint_op_done(op, false);
+        return rc;
+    }
     return 0;
 err:
     KVS_WARN("engine %s: cannot write the hint of segment %u: %s", e->dir, s->id, kvs_strerror(rc));
-    if (fd >= 0) {
-        close(fd);
-        (void)unlinkat(e->dirfd, name, 0);
-    }
     free(op);
     hint_fini(hb);
     free(hb);
@@ -813,40 +925,88 @@ static struct chunk *chunk_for(struct kvs_engine *e, size_t size)
     return c;
 }
 
-int store_rotate(struct kvs_engine *e)
+/* The spare segment's openat completed. A failure fails the engine: the write path has nowhere
+ * to go once the active segment is full, and a file system refusing to create a file is not
+ * something to paper over. */
+static void spare_cb(void *ctx, int res, uint32_t flags)
+{
+    struct kvs_engine *e = ctx;
+
+    (void)flags;
+    e->inflight--;
+    e->spare_opening = false;
+    if (res < 0)
+        store_fail(e, res, "creating the next segment");
+    else
+        e->spare_fd = res;
+    /* A compaction may be waiting for this segment to rotate into. */
+    compact_kick(e);
+}
+
+int store_spare_request(struct kvs_engine *e)
+{
+    int rc;
+
+    if (e->spare_fd >= 0 || e->spare_opening || e->failed || e->closing)
+        return 0;
+    e->spare_id = e->next_id;
+    store_seg_name(e->spare_name, sizeof(e->spare_name), e->spare_id, "seg");
+    rc = kvs_ring_openat(e->ring, e->dirfd, e->spare_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC,
+                         0644, spare_cb, e);
+    if (rc < 0)
+        return rc;
+    /* The id is taken now: compaction outputs created meanwhile get the next ones. */
+    e->next_id++;
+    e->spare_opening = true;
+    e->inflight++;
+    return 0;
+}
+
+/* Create segment id with a plain openat: during open, and the last resort of a writer that
+ * cannot overrun the full active segment any further while the spare is still opening. */
+static int create_seg_sync(struct kvs_engine *e, uint32_t *id)
+{
+    char name[32];
+    int fd;
+
+    *id = e->next_id;
+    store_seg_name(name, sizeof(name), *id, "seg");
+    fd = openat(e->dirfd, name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fd = -errno;
+        KVS_ERROR("engine %s: cannot create segment %s: %s", e->dir, name, strerror(-fd));
+        return fd;
+    }
+    e->next_id++;
+    return fd;
+}
+
+/* Make an active segment of file fd (id); the old active segment becomes immutable. */
+static int rotate_to(struct kvs_engine *e, int fd, uint32_t id)
 {
     struct hint_buf *hb = NULL;
     struct seg *s = NULL, *old = e->active;
-    char name[32];
-    int fd = -1, rc;
+    int rc;
 
     hb = malloc(sizeof(*hb));
-    if (hb == NULL)
+    s = store_seg_new(id, fd, 0);
+    if (hb == NULL || s == NULL || store_seg_insert(e, s) < 0) {
+        free(hb);
+        free(s);
         return -ENOMEM;
-    store_seg_name(name, sizeof(name), e->next_id, "seg");
-    fd = openat(e->dirfd, name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = -errno;
-        KVS_ERROR("engine %s: cannot create segment %s: %s", e->dir, name, strerror(errno));
-        goto err;
     }
-    s = store_seg_new(e->next_id, fd, 0);
-    if (s == NULL || store_seg_insert(e, s) < 0) {
-        rc = -ENOMEM;
-        goto err;
-    }
-    s->dirsync = true;
-    e->dir_dirty = true;
     /* The rotated segment keeps the hint entries built while it was active. */
     *hb = e->ahint;
     rc = hint_init(&e->ahint);
     if (rc < 0) {
         e->ahint = *hb;
+        s->fd = -1; /* the caller still owns fd */
         store_seg_remove(e, s);
-        (void)unlinkat(e->dirfd, name, 0);
         free(hb);
         return rc;
     }
+    s->dirsync = true;
+    e->dir_dirty = true;
     if (old != NULL) {
         old->hint = hb;
         if (e->ctail != NULL && e->ctail->seg == old)
@@ -865,15 +1025,60 @@ int store_rotate(struct kvs_engine *e)
     if (old != NULL && old->pending == 0)
         (void)store_write_hint(e, old);
     return 0;
-err:
-    if (fd >= 0) {
-        if (s != NULL)
-            seg_free(s);
-        else
-            close(fd);
+}
+
+int store_rotate(struct kvs_engine *e)
+{
+    char name[32];
+    uint32_t id;
+    int fd, rc;
+
+    if (e->spare_fd >= 0) {
+        /* The usual case once the engine serves: the file was created on the ring already. */
+        rc = rotate_to(e, e->spare_fd, e->spare_id);
+        if (rc == 0)
+            e->spare_fd = -1;
+        return rc;
+    }
+    if (e->ready) {
+        rc = store_spare_request(e);
+        if (rc < 0)
+            return rc;
+        return e->failed ? KVS_EFAILED : -EAGAIN;
+    }
+    fd = create_seg_sync(e, &id);
+    if (fd < 0)
+        return fd;
+    rc = rotate_to(e, fd, id);
+    if (rc < 0) {
+        close(fd);
+        store_seg_name(name, sizeof(name), id, "seg");
         (void)unlinkat(e->dirfd, name, 0);
     }
-    free(hb);
+    return rc;
+}
+
+/* The active segment is full: rotate. While the spare segment is still being created on the
+ * ring, records keep going to the full segment, up to the largest record past segment_size
+ * (the bound check_options keeps below 4 GiB); only past that does the writer create the
+ * segment itself, with a plain openat. Returns 0 or -errno. */
+static int rotate_for_write(struct kvs_engine *e, uint64_t size)
+{
+    uint64_t bound = e->opt.segment_size + record_size(e->opt.max_key, e->opt.max_value);
+    uint32_t id;
+    int rc = store_rotate(e), fd;
+
+    if (rc != -EAGAIN)
+        return rc;
+    if (e->active->size + size <= bound)
+        return 0;
+    KVS_DEBUG("engine %s: next segment not open yet; creating it synchronously", e->dir);
+    fd = create_seg_sync(e, &id);
+    if (fd < 0)
+        return fd;
+    rc = rotate_to(e, fd, id);
+    if (rc < 0)
+        close(fd);
     return rc;
 }
 
@@ -895,7 +1100,7 @@ static int queue_record(struct kvs_engine *e, uint8_t flags, const void *key, ui
     int rc;
 
     if (e->active->size > 0 && e->active->size >= e->opt.segment_size) {
-        rc = store_rotate(e);
+        rc = rotate_for_write(e, size);
         if (rc < 0)
             return rc;
         compact_maybe(e);
@@ -954,6 +1159,10 @@ static int queue_record(struct kvs_engine *e, uint8_t flags, const void *key, ui
         e->active->min_seq = loc.seq;
     e->active->size += size;
     e->next_seq++;
+    /* Past half of the segment, create the next one on the ring, so that rotation finds it
+     * open and the write path never waits for the file system (docs/design.md, "Rotation"). */
+    if (e->active->size >= e->opt.segment_size / 2)
+        (void)store_spare_request(e);
     return 0;
 }
 
@@ -1451,12 +1660,12 @@ static void engine_free(struct kvs_engine *e)
         chunk_release(e, c);
     }
     for (size_t i = 0; i < e->nsegs; i++)
-        seg_free(e->segs[i]);
+        seg_free(NULL, e->segs[i]);
     while (e->doomed != NULL) {
         struct seg *s = e->doomed;
 
         e->doomed = s->next_doomed;
-        seg_free(s);
+        seg_free(NULL, s);
     }
     free(e->segs);
     hint_fini(&e->ahint);
@@ -1497,7 +1706,7 @@ int kvs_engine_open(const char *dir, const struct kvs_engine_options *opt, struc
     if (e == NULL)
         return -ENOMEM;
     e->opt = *opt;
-    e->dirfd = e->lockfd = -1;
+    e->dirfd = e->lockfd = e->spare_fd = -1;
     e->wbufs[0].index = e->wbufs[1].index = -1;
     e->next_id = 1;
     e->next_seq = 1;
@@ -1555,6 +1764,7 @@ int kvs_engine_open(const char *dir, const struct kvs_engine_options *opt, struc
             wb->index = -1;
         }
     }
+    e->ready = true;
     *out = e;
     return 0;
 err:
@@ -1595,6 +1805,13 @@ int kvs_engine_close(struct kvs_engine *e)
     r = run_while_busy(e);
     if (r < 0 && rc == 0)
         rc = r;
+    /* The spare segment was never used: it goes (a crash leaves it, recovery treats an empty
+     * newest segment as the active one). The directory sync below makes that durable. */
+    if (e->spare_fd >= 0) {
+        close(e->spare_fd);
+        e->spare_fd = -1;
+        (void)unlinkat(e->dirfd, e->spare_name, 0);
+    }
     if (e->timer_armed) {
         (void)kvs_ring_cancel(e->ring, e->timer_op, NULL, NULL);
         while (e->timer_armed)

@@ -100,7 +100,14 @@ struct kvs_engine {
     bool timer_armed, dirty, syncing, dir_dirty;
     int timer_op;
 
+    /* The next segment, created on the ring ahead of rotation (docs/design.md, "Rotation"). */
+    int spare_fd;        /* open, empty NNNNNN.seg ready to become active, or -1 */
+    uint32_t spare_id;   /* its id (reserved from next_id when the open was issued) */
+    bool spare_opening;  /* its openat is in flight */
+    char spare_name[32]; /* its name; the openat reads it until the completion */
+
     bool failed, closing;
+    bool ready; /* kvs_engine_open returned: no blocking syscall may run from now on */
     uint8_t *getbuf;
     size_t getcap;
     struct compaction *cp;
@@ -124,11 +131,21 @@ void store_seg_name(char *buf, size_t len, uint32_t id, const char *ext);
 void store_fail(struct kvs_engine *e, int err, const char *what);
 /* Write s's hint file (taking ownership of s->hint) after its last batch; 0 or -errno. */
 int store_write_hint(struct kvs_engine *e, struct seg *s);
-/* Make a new active segment; the old one becomes immutable. 0 or -errno. */
+/* Make a new active segment out of the spare; the old one becomes immutable. 0, -EAGAIN when
+ * no spare is open yet (one is requested; rotate again after it opened), or -errno. During
+ * open (recovery) the segment is created with a plain openat instead. */
 int store_rotate(struct kvs_engine *e);
+/* Start creating the spare segment on the ring unless one is open or opening. 0 or -errno. */
+int store_spare_request(struct kvs_engine *e);
+/* Close fd on the ring once the engine serves (a plain close during open and close);
+ * the completion is counted in e->inflight. Never fails: falls back to close(). */
+void store_close_fd(struct kvs_engine *e, int fd);
+/* Unlink name (relative to the store directory) on the ring, like store_close_fd. A failure is
+ * logged (ENOENT is not a failure). */
+void store_unlink(struct kvs_engine *e, const char *name);
 /* Read through the ring and wait (setup time only). Bytes read or -errno. */
 int store_ring_pread(struct kvs_engine *e, int fd, void *buf, size_t len, uint64_t off);
-/* fsync the store directory (setup and compaction-finish time only). */
+/* fsync the store directory with a plain syscall (open time only). */
 void store_fsync_dir(struct kvs_engine *e);
 
 /* recover.c */

@@ -4,6 +4,7 @@
  * asynchronously: persistence, overwrite, remove, binary data, limits, locking, group commit,
  * fsync=always, FLUSHALL, index-only queries.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -523,6 +524,89 @@ static void test_engine_everysec_syncs_segment_before_the_next(void)
     tutil_rmtree(dir);
 }
 
+/* Count the NNNNNN.seg files in dir (not .seg.tmp or hints). */
+static int count_seg_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int n = 0;
+
+    if (d == NULL)
+        return -1;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+
+        n += len > 4 && strcmp(de->d_name + len - 4, ".seg") == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/*
+ * Rotation under the async API: the next segment is created on the ring ahead of time. Sets
+ * issued in one go (the ring not run, so the spare is still opening) overrun the full segment
+ * instead of waiting; sets with ring turns between them rotate into pre-opened segments. Every
+ * set completes, every key survives a reopen, and close leaves no unused spare segment.
+ */
+static void test_engine_rotation_on_the_ring(void)
+{
+    char *dir = tutil_mkdtemp("rotring");
+    struct kvs_engine_options opt;
+    struct kvs_engine_stats st;
+    struct kvs_ring *ring = NULL;
+    struct kvs_engine *e;
+    struct counter c = {0, 0, 0};
+    int segs;
+    uint8_t val[100];
+    char key[16];
+
+    CU_ASSERT_FATAL(kvs_ring_new(NULL, &ring) == 0);
+    memset(val, 'q', sizeof(val));
+    kvs_engine_options_init(&opt);
+    opt.ring = ring;
+    opt.segment_size = 4096;
+    opt.compact_min_dead = 0;
+    e = open_dir(dir, &opt);
+    /* Phase 1: 200 sets without a ring turn: the spare's openat cannot have completed. */
+    for (int i = 0; i < 200; i++) {
+        snprintf(key, sizeof(key), "a%d", i);
+        CU_ASSERT_EQUAL(kvs_engine_set_async(e, key, strlen(key), val, sizeof(val), count_done, &c),
+                        0);
+    }
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_EQUAL(st.segments, 1);
+    /* Phase 2: the shard-loop pattern, a few sets then a ring turn. */
+    for (int i = 0; i < 400; i++) {
+        snprintf(key, sizeof(key), "b%d", i);
+        CU_ASSERT_EQUAL(kvs_engine_set_async(e, key, strlen(key), val, sizeof(val), count_done, &c),
+                        0);
+        if (i % 4 == 3) {
+            kvs_engine_flush(e);
+            CU_ASSERT_FATAL(kvs_ring_run(ring, 0, 0) >= 0);
+        }
+    }
+    while (!kvs_engine_idle(e)) {
+        kvs_engine_flush(e);
+        CU_ASSERT_FATAL(kvs_ring_run(ring, 1, 0) >= 0);
+    }
+    CU_ASSERT_EQUAL(c.calls, 600);
+    CU_ASSERT_EQUAL(c.errors, 0);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_FALSE(st.failed);
+    CU_ASSERT(st.segments >= 3);
+    segs = (int)st.segments;
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    CU_ASSERT_EQUAL(count_seg_files(dir), segs); /* the unused spare was removed */
+    e = open_dir(dir, &opt);
+    CU_ASSERT_EQUAL(kvs_engine_count(e), 600);
+    expect_value(e, "a0", 2, val, sizeof(val));
+    expect_value(e, "a199", 4, val, sizeof(val));
+    expect_value(e, "b399", 4, val, sizeof(val));
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    kvs_ring_free(ring);
+    tutil_rmtree(dir);
+}
+
 static void test_engine_parse_fsync(void)
 {
     enum kvs_fsync f;
@@ -564,6 +648,7 @@ void test_engine_register(void)
                 test_engine_everysec_syncs_after_a_write);
     CU_add_test(s, "test_engine_everysec_syncs_segment_before_the_next",
                 test_engine_everysec_syncs_segment_before_the_next);
+    CU_add_test(s, "test_engine_rotation_on_the_ring", test_engine_rotation_on_the_ring);
     CU_add_test(s, "test_engine_parse_fsync", test_engine_parse_fsync);
     if (rc < 0) {
         printf("SKIP: engine suite: io_uring unavailable: %s\n", kvs_strerror(rc));
