@@ -549,10 +549,24 @@ static void finish_set(struct shard *sh, struct req *req)
     }
 }
 
+/* SET, SETNX, GETSET: one SET op on argv[1] = argv[2] with the given OPF_* flags. */
+static void cmd_set_generic(struct shard *sh, struct req *req, struct kvs_resp_arg *argv,
+                            unsigned flags, req_finish_fn finish)
+{
+    struct op *op;
+
+    if (!key_ok_or_reply(sh, req, &argv[1]) || !value_ok_or_reply(sh, req, &argv[2]))
+        return;
+    op = add_key_op(sh, req, OP_SET, &argv[1], &argv[2]);
+    if (op == NULL)
+        return;
+    op->flags = (uint8_t)flags;
+    req_dispatch(sh, req, finish);
+}
+
 static void cmd_set(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
 {
     unsigned flags = 0;
-    struct op *op;
 
     for (size_t i = 3; i < argc; i++) {
         if (arg_is(&argv[i], "NX") && !(flags & OPF_XX)) {
@@ -572,13 +586,7 @@ static void cmd_set(struct shard *sh, struct req *req, size_t argc, struct kvs_r
             return;
         }
     }
-    if (!key_ok_or_reply(sh, req, &argv[1]) || !value_ok_or_reply(sh, req, &argv[2]))
-        return;
-    op = add_key_op(sh, req, OP_SET, &argv[1], &argv[2]);
-    if (op == NULL)
-        return;
-    op->flags = (uint8_t)flags;
-    req_dispatch(sh, req, finish_set);
+    cmd_set_generic(sh, req, argv, flags, finish_set);
 }
 
 static void finish_setnx(struct shard *sh, struct req *req)
@@ -594,16 +602,8 @@ static void finish_setnx(struct shard *sh, struct req *req)
 
 static void cmd_setnx(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
 {
-    struct op *op;
-
     (void)argc;
-    if (!key_ok_or_reply(sh, req, &argv[1]) || !value_ok_or_reply(sh, req, &argv[2]))
-        return;
-    op = add_key_op(sh, req, OP_SET, &argv[1], &argv[2]);
-    if (op == NULL)
-        return;
-    op->flags = OPF_NX;
-    req_dispatch(sh, req, finish_setnx);
+    cmd_set_generic(sh, req, argv, OPF_NX, finish_setnx);
 }
 
 /* DEL, EXISTS: the sum of the per-key answers. */
@@ -783,16 +783,8 @@ static void cmd_decrby(struct shard *sh, struct req *req, size_t argc, struct kv
 
 static void cmd_getset(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
 {
-    struct op *op;
-
     (void)argc;
-    if (!key_ok_or_reply(sh, req, &argv[1]) || !value_ok_or_reply(sh, req, &argv[2]))
-        return;
-    op = add_key_op(sh, req, OP_SET, &argv[1], &argv[2]);
-    if (op == NULL)
-        return;
-    op->flags = OPF_GET;
-    req_dispatch(sh, req, finish_set);
+    cmd_set_generic(sh, req, argv, OPF_GET, finish_set);
 }
 
 /* TYPE, TTL, PTTL: every kvs key is a string without expiry, so existence decides. */
