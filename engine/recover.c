@@ -34,12 +34,25 @@ struct recovery {
 };
 
 /* Apply one record found on disk (from a scan or a hint) to the index. */
+/* The record at cur (key of klen bytes) is no longer indexed: take it off its segment's live
+ * bytes. Live bytes are kept this way while loading rather than counted by a scan of the whole
+ * index afterwards: that scan visits the table in bit-reversed bucket order (cache misses on
+ * every slot) and was most of the time of an open from hint files. */
+static void unlive(struct kvs_engine *e, const struct index_loc *cur, size_t klen)
+{
+    struct seg *os = store_seg_find(e, cur->seg);
+
+    if (os != NULL)
+        os->live -= record_size(klen, cur->vlen);
+}
+
 static int apply(struct recovery *rv, struct seg *s, uint64_t seq, uint32_t off, uint8_t flags,
                  const void *key, uint32_t klen, uint32_t vlen)
 {
     struct kvs_engine *e = rv->e;
     struct index_loc cur, loc;
     uint64_t h;
+    int rc;
 
     if (seq > rv->max_seq)
         rv->max_seq = seq;
@@ -56,8 +69,10 @@ static int apply(struct recovery *rv, struct seg *s, uint64_t seq, uint32_t off,
     loc.vlen = vlen;
     loc.seq = seq;
     if (flags & RECORD_F_TOMB) {
-        if (index_get(e->ix, h, key, klen, &cur) && cur.seq < seq)
+        if (index_get(e->ix, h, key, klen, &cur) && cur.seq < seq) {
             (void)index_del(e->ix, h, key, klen, NULL);
+            unlive(e, &cur, klen);
+        }
         if (index_get(rv->tombs, h, key, klen, &cur) && cur.seq >= seq)
             return 0;
         return index_put(rv->tombs, h, key, klen, &loc, NULL, NULL);
@@ -65,9 +80,15 @@ static int apply(struct recovery *rv, struct seg *s, uint64_t seq, uint32_t off,
     /* A newer tombstone seen earlier (segments load in any order) hides this value. */
     if (index_get(rv->tombs, h, key, klen, &cur) && cur.seq > seq)
         return 0;
-    if (index_get(e->ix, h, key, klen, &cur) && cur.seq >= seq)
-        return 0;
-    return index_put(e->ix, h, key, klen, &loc, NULL, NULL);
+    if (index_get(e->ix, h, key, klen, &cur)) {
+        if (cur.seq >= seq)
+            return 0;
+        unlive(e, &cur, klen);
+    }
+    rc = index_put(e->ix, h, key, klen, &loc, NULL, NULL);
+    if (rc == 0)
+        s->live += record_size(klen, vlen);
+    return rc;
 }
 
 /* A read window over one segment file. */
@@ -448,22 +469,14 @@ static int apply_clear(struct kvs_engine *e, uint64_t clear_seq)
         uint32_t klen = get_u32(kv.keys + pos);
         const uint8_t *k = kv.keys + pos + 4;
 
-        (void)index_del(e->ix, XXH3_64bits(k, klen), k, klen, NULL);
+        struct index_loc old;
+
+        if (index_del(e->ix, XXH3_64bits(k, klen), k, klen, &old))
+            unlive(e, &old, klen);
         pos += 4 + klen;
     }
     free(kv.keys);
     return kv.err;
-}
-
-/* Index visitor: add each live record's size to its segment's live bytes. */
-static void count_live(void *ctx, const void *key, size_t klen, const struct index_loc *loc)
-{
-    struct kvs_engine *e = ctx;
-    struct seg *s = store_seg_find(e, loc->seg);
-
-    (void)key;
-    if (s != NULL)
-        s->live += record_size(klen, loc->vlen);
 }
 
 int recover_open(struct kvs_engine *e, char *errbuf, size_t errlen)
@@ -474,7 +487,6 @@ int recover_open(struct kvs_engine *e, char *errbuf, size_t errlen)
     size_t n = 0;
     bool newest_seen = false, newest_empty = false;
     struct seg *top = NULL;
-    uint64_t cur = 0;
     int rc;
 
     rc = finish_merge(e);
@@ -542,9 +554,6 @@ int recover_open(struct kvs_engine *e, char *errbuf, size_t errlen)
         if (rc < 0)
             goto out;
     }
-    do
-        cur = index_scan(e->ix, cur, 4096, count_live, e);
-    while (cur != 0);
     e->next_seq = rv.max_seq + 1;
 
     /* Keep appending to the last segment if it was the active one and has room; otherwise

@@ -334,6 +334,60 @@ static void test_recovery_uses_hints_and_ignores_corrupt_ones(void)
     tutil_rmtree(dir);
 }
 
+/*
+ * Live bytes are accounted while records load (not recounted afterwards): overwrites across
+ * segments, tombstones in newer segments hiding older values, and a clear all leave exactly
+ * the live bytes of the surviving records, whether the segments are scanned or hinted.
+ */
+static void test_recovery_live_bytes_exact_after_load(void)
+{
+    char *dir = tutil_mkdtemp("livebytes");
+    struct kvs_engine_options opt;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+    char key[16], val[100];
+    uint64_t want = 0;
+
+    kvs_engine_options_init(&opt);
+    opt.segment_size = 2048;
+    opt.compact_min_dead = 0;
+    memset(val, 'l', sizeof(val));
+    e = open_opt(dir, &opt);
+    for (int i = 0; i < 60; i++) { /* all of these go with the clear */
+        snprintf(key, sizeof(key), "old%02d", i);
+        CU_ASSERT_EQUAL(kvs_engine_set(e, key, strlen(key), val, sizeof(val)), 0);
+    }
+    CU_ASSERT_EQUAL(kvs_engine_clear_async(e, NULL, NULL), 0); /* the next set waits for it */
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 40; i++) {
+            snprintf(key, sizeof(key), "k%02d", i);
+            CU_ASSERT_EQUAL(kvs_engine_set(e, key, strlen(key), val, sizeof(val) - (size_t)round),
+                            0);
+        }
+    }
+    for (int i = 0; i < 40; i += 3) {
+        snprintf(key, sizeof(key), "k%02d", i);
+        CU_ASSERT_EQUAL(kvs_engine_remove(e, key, strlen(key)), 0);
+    }
+    for (int i = 0; i < 40; i++)
+        if (i % 3 != 0)
+            want += 28 + 3 + (sizeof(val) - 2);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_EQUAL(st.live_bytes, want);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    for (int pass = 0; pass < 2; pass++) { /* first open scans and writes hints, then hints */
+        e = open_opt(dir, &opt);
+        kvs_engine_stats(e, &st);
+        CU_ASSERT_EQUAL(st.live_bytes, want);
+        CU_ASSERT_EQUAL(st.dead_bytes, st.disk_bytes - want);
+        if (pass == 1)
+            CU_ASSERT(st.hint_files_used > 0);
+        CU_ASSERT_EQUAL(kvs_engine_count(e), 40 - 14);
+        CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    }
+    tutil_rmtree(dir);
+}
+
 static void test_recovery_format_file_checked(void)
 {
     char *dir = tutil_mkdtemp("format");
@@ -459,6 +513,8 @@ void test_recovery_register(void)
                 test_recovery_uses_hints_and_ignores_corrupt_ones);
     CU_add_test(s, "test_recovery_after_kill_keeps_acknowledged_sets",
                 test_recovery_after_kill_keeps_acknowledged_sets);
+    CU_add_test(s, "test_recovery_live_bytes_exact_after_load",
+                test_recovery_live_bytes_exact_after_load);
     CU_add_test(s, "test_recovery_format_file_checked", test_recovery_format_file_checked);
     CU_add_test(s, "test_recovery_leftover_temp_files_removed",
                 test_recovery_leftover_temp_files_removed);
