@@ -421,6 +421,9 @@ int kvs_ring_close(struct kvs_ring *r, int fd, kvs_ring_cb_fn cb, void *ctx)
     if (idx < 0)
         return idx;
     io_uring_prep_close(sqe, fd);
+    /* In a worker: the last close of a file does its release work (for an unlinked file,
+     * freeing its blocks) in the task that closes it. */
+    sqe->flags |= IOSQE_ASYNC;
     return finish(r, sqe, idx);
 }
 

@@ -640,6 +640,24 @@ err:
 
 /* ---- group commit ---- */
 
+/*
+ * presync - everysec: s just got a batch. In the last eighth of the active segment keep one
+ * background fdatasync of it running (a new one as soon as the previous one is done) instead
+ * of one per second. The first batch of the next segment waits for s to be synced (see
+ * chunk_submit()); this way that sync finds only the last few milliseconds of writes instead
+ * of up to a second of them, and SETs arriving at a rotation are not held for a long flush.
+ */
+static void presync(struct kvs_engine *e, struct seg *s)
+{
+    if (s != e->active || e->syncing || e->closing || !s->unsynced ||
+        s->size < e->opt.segment_size - e->opt.segment_size / 8)
+        return;
+    if (sync_start(e, s) == 0) {
+        e->dirty = false;
+        e->st.presyncs++;
+    }
+}
+
 /* Give a finished chunk's buffer back and, when it was the last write of a rotated
  * segment, write that segment's hint now that every byte it describes is on disk. */
 static void chunk_release(struct kvs_engine *e, struct chunk *c)
@@ -719,6 +737,7 @@ static void chunk_finish(struct kvs_engine *e, struct chunk *c)
         if (!c->sync && e->opt.fsync == KVS_FSYNC_EVERYSEC) {
             e->dirty = true;
             arm_timer(e);
+            presync(e, c->seg);
         }
     }
     e->writing = false;

@@ -1069,6 +1069,7 @@ static void finish_info(struct shard *sh, struct req *req)
         sum.engine.index_bytes += s->engine.index_bytes;
         sum.engine.segments += s->engine.segments;
         sum.engine.fsyncs += s->engine.fsyncs;
+        sum.engine.presyncs += s->engine.presyncs;
         sum.engine.batches += s->engine.batches;
         sum.engine.compactions += s->engine.compactions;
         sum.engine.compacting |= s->engine.compacting;
@@ -1124,6 +1125,7 @@ static void finish_info(struct shard *sh, struct req *req)
         info_line(&t, "dead_bytes:%llu", (unsigned long long)sum.engine.dead_bytes);
         info_line(&t, "group_commits:%llu", (unsigned long long)sum.engine.batches);
         info_line(&t, "fsyncs:%llu", (unsigned long long)sum.engine.fsyncs);
+        info_line(&t, "fsyncs_early:%llu", (unsigned long long)sum.engine.presyncs);
         info_line(&t, "compactions:%llu", (unsigned long long)sum.engine.compactions);
         info_line(&t, "compacting:%d", sum.engine.compacting ? 1 : 0);
         info_line(&t, "store_failed:%d", sum.engine.failed ? 1 : 0);

@@ -490,6 +490,7 @@ static void test_engine_everysec_syncs_after_a_write(void)
         kvs_engine_stats(e, &st);
     }
     CU_ASSERT_EQUAL(st.fsyncs, 1);
+    CU_ASSERT_EQUAL(st.presyncs, 0);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     kvs_ring_free(ring);
     tutil_rmtree(dir);
@@ -520,6 +521,67 @@ static void test_engine_everysec_syncs_segment_before_the_next(void)
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     e = open_dir(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 40);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    tutil_rmtree(dir);
+}
+
+/* Write 100-byte values under new keys until the store holds at least bytes. */
+static void fill_until(struct kvs_engine *e, int *next, uint64_t bytes)
+{
+    struct kvs_engine_stats st;
+    uint8_t val[100];
+    char key[16];
+
+    memset(val, 'p', sizeof(val));
+    for (;;) {
+        kvs_engine_stats(e, &st);
+        if (st.disk_bytes >= bytes)
+            return;
+        snprintf(key, sizeof(key), "p%d", (*next)++);
+        CU_ASSERT_FATAL(kvs_engine_set(e, key, strlen(key), val, sizeof(val)) == 0);
+    }
+}
+
+/*
+ * everysec: in the last eighth of the active segment the engine syncs it early and
+ * continuously, so the sync that the next segment's first batch waits for is short; before
+ * that point it syncs only on its timer (which never counts as early), and under never not at
+ * all.
+ */
+static void test_engine_everysec_presyncs_a_nearly_full_segment(void)
+{
+    char *dir = tutil_mkdtemp("presync");
+    struct kvs_engine_options opt;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+    int next = 0;
+
+    kvs_engine_options_init(&opt);
+    opt.segment_size = 64 << 10;
+    opt.compact_min_dead = 0;
+    e = open_dir(dir, &opt);
+    fill_until(e, &next, (64 << 10) - (8 << 10) - 200);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_EQUAL(st.segments, 1);
+    CU_ASSERT_EQUAL(st.presyncs, 0);
+    fill_until(e, &next, 64 << 10); /* the rest of the segment, up to its rotation */
+    kvs_engine_stats(e, &st);
+    CU_ASSERT(st.presyncs >= 1);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    tutil_rmtree(dir);
+
+    dir = tutil_mkdtemp("presync-never");
+    opt.fsync = KVS_FSYNC_NEVER;
+    next = 0;
+    e = open_dir(dir, &opt);
+    fill_until(e, &next, 128 << 10);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT(st.segments >= 2);
+    CU_ASSERT_EQUAL(st.presyncs, 0);
+    CU_ASSERT_EQUAL(st.fsyncs, 0);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    e = open_dir(dir, &opt);
+    CU_ASSERT_EQUAL(kvs_engine_count(e), (uint64_t)next);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     tutil_rmtree(dir);
 }
@@ -639,6 +701,8 @@ void test_engine_register(void)
     int rc = kvs_ring_new(NULL, &r);
 
     CU_add_test(s, "test_engine_persists_across_reopen", test_engine_persists_across_reopen);
+    CU_add_test(s, "test_engine_everysec_presyncs_a_nearly_full_segment",
+                test_engine_everysec_presyncs_a_nearly_full_segment);
     CU_add_test(s, "test_engine_overwrite_keeps_newest", test_engine_overwrite_keeps_newest);
     CU_add_test(s, "test_engine_remove_then_reopen", test_engine_remove_then_reopen);
     CU_add_test(s, "test_engine_random_keys_survive_reopen",

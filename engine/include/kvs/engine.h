@@ -173,6 +173,7 @@ struct kvs_engine_stats {
     uint64_t batches;             /* group-commit writes since open */
     uint64_t batched_records;     /* records written in those batches */
     uint64_t fsyncs;              /* fdatasync calls completed since open */
+    uint64_t presyncs;            /* fdatasyncs started early, in a nearly full segment */
     uint64_t compactions;         /* compactions finished since open */
     uint64_t compact_bytes_written;
     bool compacting;                /* a compaction is running */

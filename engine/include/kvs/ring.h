@@ -101,6 +101,8 @@ int kvs_ring_sendmsg(struct kvs_ring *r, int fd, const struct msghdr *msg, kvs_r
                      void *ctx);
 int kvs_ring_connect(struct kvs_ring *r, int fd, const struct sockaddr *addr, socklen_t len,
                      kvs_ring_cb_fn cb, void *ctx);
+/* Runs in an io-wq worker (IOSQE_ASYNC): the last close of an unlinked file frees its blocks,
+ * and with the discard mount option waits for the device, in the task that closes it. */
 int kvs_ring_close(struct kvs_ring *r, int fd, kvs_ring_cb_fn cb, void *ctx);
 /*
  * Directory operations on the ring, so that a shard's loop never blocks on the file system:
