@@ -1063,6 +1063,7 @@ static void finish_info(struct shard *sh, struct req *req)
         sum.net_out += s->net_out;
         sum.rejected += s->rejected;
         sum.paused += s->paused;
+        sum.mem_trims += s->mem_trims;
         sum.engine.keys += s->engine.keys;
         sum.engine.disk_bytes += s->engine.disk_bytes;
         sum.engine.dead_bytes += s->engine.dead_bytes;
@@ -1113,6 +1114,7 @@ static void finish_info(struct shard *sh, struct req *req)
         info_line(&t, "# Memory");
         info_line(&t, "used_memory_rss:%llu", rss * (unsigned long long)sysconf(_SC_PAGESIZE));
         info_line(&t, "index_bytes:%llu", (unsigned long long)sum.engine.index_bytes);
+        info_line(&t, "mem_trims:%llu", (unsigned long long)sum.mem_trims);
         info_line(&t, "%s", "");
     }
     if (info_wants(req, "persistence")) {

@@ -77,6 +77,7 @@ struct shard_stats {
     struct kvs_engine_stats engine;
     uint64_t clients, connections, commands, ops_forwarded, ops_received;
     uint64_t net_in, net_out, rejected, paused;
+    uint64_t mem_trims; /* malloc_trim calls after bursts of large values (shard_trim) */
 };
 
 /*
@@ -179,6 +180,8 @@ struct shard {
     bool accept_retry;        /* accept stopped on EMFILE & co: re-arm after a pause */
     bool accept_failing;      /* that condition was logged; cleared by a good accept */
     uint64_t accept_retry_ns; /* CLOCK_MONOTONIC time of the re-arm */
+    uint64_t big_freed;       /* bytes of large op buffers freed since the last trim */
+    uint64_t trim_ns;         /* CLOCK_MONOTONIC time before which no trim runs */
     /* Published before the shards start talking (start-up barrier), read-only afterwards. */
     int ring_fd;
     uint64_t watch_tag;
