@@ -38,6 +38,8 @@ static void usage(FILE *f)
                "(default 64m)\n"
                "  --max-pipeline N      requests in progress per client before its input pauses "
                "(default 256)\n"
+               "  --compact-rate SIZE   most bytes per second each shard's compaction reads\n"
+               "                        (default 0: no limit)\n"
                "  --shutdown-timeout MS how long shutdown waits for slow clients (default 10000)\n"
                "  --repartition         if the data directory has another shard count, copy the\n"
                "                        data to --shards N shards first (offline, crash-safe)\n"
@@ -95,6 +97,7 @@ enum {
     OPT_LOG_LEVEL,
     OPT_SALVAGE,
     OPT_REPARTITION,
+    OPT_COMPACT_RATE,
 };
 
 static const struct option long_opts[] = {
@@ -111,6 +114,7 @@ static const struct option long_opts[] = {
     {"max-value", required_argument, NULL, OPT_MAX_VALUE},
     {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
     {"max-pipeline", required_argument, NULL, OPT_MAX_PIPELINE},
+    {"compact-rate", required_argument, NULL, OPT_COMPACT_RATE},
     {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"salvage", no_argument, NULL, OPT_SALVAGE},
@@ -190,6 +194,11 @@ int main(int argc, char **argv)
             if (!parse_size(optarg, 1ULL << 40, &v) || v == 0)
                 return bad("max-output", optarg);
             cfg.max_output = (size_t)v;
+            break;
+        case OPT_COMPACT_RATE:
+            if (!parse_size(optarg, 1ULL << 40, &v))
+                return bad("compact-rate", optarg);
+            cfg.compact_rate = v;
             break;
         case OPT_MAX_PIPELINE:
             if (!parse_size(optarg, 1000000, &v) || v == 0)

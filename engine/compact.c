@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <xxhash.h>
@@ -63,6 +64,11 @@ struct compaction {
     bool next_opening;
     char next_name[32];
     bool need_rotate; /* an explicit compaction waits for the spare segment to rotate into */
+
+    /* compact_rate: input bytes read since t0 (CLOCK_MONOTONIC ns, 0 until the first read). */
+    uint64_t t0, read_bytes;
+    int throttle_op; /* the pending throttle timeout, or -1 */
+    bool throttle_cancelled;
 
     /* The finish chain (enum fin_stage): stage, first error, sync error of a linked pair. */
     int fin, fres, syncerr;
@@ -798,6 +804,7 @@ static void read_cb(void *ctx, int res, uint32_t flags)
             fail(cp, -ENOMEM);
             return;
         }
+        cp->read_bytes += record_size(cp->bigh.klen, cp->bigh.vlen); /* for throttle() */
         rc = kvs_ring_read(e->ring, s->fd, cp->big,
                            (size_t)record_size(cp->bigh.klen, cp->bigh.vlen), cp->in_off,
                            big_read_cb, cp);
@@ -840,6 +847,58 @@ static int open_next(struct compaction *cp)
     e->next_id++;
     cp->next_opening = true;
     return 0;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void throttle_cb(void *ctx, int res, uint32_t flags)
+{
+    struct compaction *cp = ctx;
+
+    (void)res;
+    (void)flags;
+    cp->throttle_op = -1;
+    step(cp); /* after a cancel by close, step() sees e->closing and stops */
+}
+
+/*
+ * throttle - with compact_rate set, may the next want input bytes be read now? If not, a ring
+ * timeout resumes the step when they may (returns true). The budget starts with one step's
+ * worth and grows by compact_rate per second from the first read, so compaction's reads (and
+ * therefore its writes and the discards of the inputs it frees) average at most compact_rate
+ * and leave the rest of the disk's bandwidth to the log.
+ */
+static bool throttle(struct compaction *cp, uint64_t want)
+{
+    struct kvs_engine *e = cp->e;
+    uint64_t now, rate = e->opt.compact_rate;
+    double allowed, wait_ns;
+
+    if (rate == 0)
+        return false;
+    now = mono_ns();
+    if (cp->t0 == 0)
+        cp->t0 = now;
+    allowed = (double)(now - cp->t0) * (double)rate / 1e9 + (double)cp->cap;
+    if ((double)(cp->read_bytes + want) <= allowed) {
+        cp->read_bytes += want;
+        return false;
+    }
+    wait_ns = ((double)(cp->read_bytes + want) - allowed) * 1e9 / (double)rate;
+    cp->throttle_op = kvs_ring_timeout(e->ring, (uint64_t)wait_ns + 1, throttle_cb, cp);
+    if (cp->throttle_op < 0) {
+        cp->throttle_op = -1;
+        cp->read_bytes += want; /* out of ring slots: go on unthrottled rather than stall */
+        return false;
+    }
+    e->st.compact_throttles++;
+    return true;
 }
 
 /* One bounded step: read the next compact_step bytes of the current input. */
@@ -894,6 +953,8 @@ static void step(struct compaction *cp)
         }
         if (limit > cp->cap)
             limit = cp->cap;
+        if (throttle(cp, limit))
+            return;
         if (cp->iidx >= 0)
             rc = kvs_ring_read_fixed(e->ring, s->fd, cp->ibuf, (size_t)limit, cp->in_off, cp->iidx,
                                      read_cb, cp);
@@ -971,6 +1032,11 @@ void compact_kick(struct kvs_engine *e)
 {
     struct compaction *cp = e->cp;
 
+    /* close does not wait out a throttle delay (up to compact_step / compact_rate). */
+    if (cp != NULL && cp->throttle_op >= 0 && e->closing && !cp->throttle_cancelled) {
+        cp->throttle_cancelled = true;
+        (void)kvs_ring_cancel(e->ring, cp->throttle_op, NULL, NULL);
+    }
     if (cp == NULL || !cp->waiting)
         return;
     if (e->closing || e->failed) {
@@ -1013,6 +1079,7 @@ int compact_start(struct kvs_engine *e, bool rotate, kvs_engine_done_fn done, vo
     cp->e = e;
     cp->iidx = cp->oidx = -1;
     cp->hintfd = cp->mergefd = cp->nextfd = -1;
+    cp->throttle_op = -1;
     if (done != NULL) {
         cp->w = malloc(sizeof(*cp->w));
         if (cp->w == NULL) {

@@ -1073,6 +1073,7 @@ static void finish_info(struct shard *sh, struct req *req)
         sum.engine.presyncs += s->engine.presyncs;
         sum.engine.batches += s->engine.batches;
         sum.engine.compactions += s->engine.compactions;
+        sum.engine.compact_throttles += s->engine.compact_throttles;
         sum.engine.compacting |= s->engine.compacting;
         sum.engine.failed |= s->engine.failed;
     }
@@ -1129,6 +1130,7 @@ static void finish_info(struct shard *sh, struct req *req)
         info_line(&t, "fsyncs:%llu", (unsigned long long)sum.engine.fsyncs);
         info_line(&t, "fsyncs_early:%llu", (unsigned long long)sum.engine.presyncs);
         info_line(&t, "compactions:%llu", (unsigned long long)sum.engine.compactions);
+        info_line(&t, "compact_throttles:%llu", (unsigned long long)sum.engine.compact_throttles);
         info_line(&t, "compacting:%d", sum.engine.compacting ? 1 : 0);
         info_line(&t, "store_failed:%d", sum.engine.failed ? 1 : 0);
         info_line(&t, "%s", "");

@@ -1335,6 +1335,7 @@ static int shard_setup(struct shard *sh)
     eopt.max_key = srv->cfg.max_key;
     eopt.max_value = srv->cfg.max_value;
     eopt.salvage = srv->cfg.salvage;
+    eopt.compact_rate = srv->cfg.compact_rate;
     eopt.ring = sh->ring;
     snprintf(dir, sizeof(dir), "%s/shard-%03u", srv->cfg.dir, sh->id);
     rc = kvs_engine_open(dir, &eopt, &sh->engine, sh->start_msg, sizeof(sh->start_msg));

@@ -484,6 +484,102 @@ static void check_model(struct kvs_engine *e, const struct model *m)
  * ring steps: the marker exists on disk across loop turns in which gets and sets are served,
  * and the result is correct before and after a reopen.
  */
+/* 100 keys overwritten 30 times: about 400 KiB in 64 KiB segments, 13 KiB of it live. */
+static void write_rounds(struct kvs_engine *e, int rounds)
+{
+    char key[16], val[100];
+
+    for (int round = 0; round < rounds; round++) {
+        for (int k = 0; k < 100; k++) {
+            snprintf(key, sizeof(key), "key%d", k);
+            value_of(k, round, val);
+            CU_ASSERT_EQUAL_FATAL(kvs_engine_set_async(e, key, strlen(key), val, 100, NULL, NULL),
+                                  0);
+        }
+        kvs_engine_flush(e);
+    }
+    CU_ASSERT_EQUAL(kvs_engine_set(e, "flush", 5, "", 0), 0);
+}
+
+static void expect_round(struct kvs_engine *e, int round)
+{
+    char key[16], val[100];
+
+    for (int k = 0; k < 100; k++) {
+        snprintf(key, sizeof(key), "key%d", k);
+        value_of(k, round, val);
+        CU_ASSERT(has_value(e, key, strlen(key), val, 100));
+    }
+}
+
+/* compact_rate spreads compaction's reads in time; the result is the same. At 8 MiB/s the
+ * 400 KiB take about 50 ms. */
+static void test_compact_rate_limited_same_result(void)
+{
+    char *dir = tutil_mkdtemp("rate");
+    struct kvs_engine_options opt;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+    long long before, after;
+
+    small_opts(&opt);
+    opt.compact_step = 4 << 10;
+    opt.compact_rate = 8 << 20;
+    e = open_opt(dir, &opt);
+    write_rounds(e, 30);
+    before = tutil_dir_bytes(dir);
+    CU_ASSERT_EQUAL(kvs_engine_compact(e), 0);
+    after = tutil_dir_bytes(dir);
+    kvs_engine_stats(e, &st);
+    CU_ASSERT_EQUAL(st.compactions, 1);
+    CU_ASSERT(after * 10 < before);
+    expect_round(e, 29);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    e = open_opt(dir, &opt);
+    CU_ASSERT_EQUAL(kvs_engine_count(e), 101);
+    expect_round(e, 29);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    tutil_rmtree(dir);
+}
+
+/* At 1 byte/s every step after the first waits (4 KiB would take over an hour): close must
+ * cancel that wait, stop the compaction at the step boundary and lose nothing. */
+static void test_compact_rate_close_cancels_the_wait(void)
+{
+    char *dir = tutil_mkdtemp("ratecl");
+    struct kvs_engine_options opt;
+    struct kvs_ring *ring = NULL;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+    struct flag f = {false, 0};
+
+    CU_ASSERT_FATAL(kvs_ring_new(NULL, &ring) == 0);
+    small_opts(&opt);
+    opt.ring = ring;
+    opt.compact_step = 4 << 10;
+    opt.compact_rate = 1;
+    e = open_opt(dir, &opt);
+    write_rounds(e, 30);
+    CU_ASSERT_EQUAL(kvs_engine_compact_async(e, flag_done, &f), 0);
+    do {
+        kvs_engine_flush(e);
+        CU_ASSERT_FATAL(kvs_ring_run(ring, 1, 0) >= 0);
+        kvs_engine_stats(e, &st);
+    } while (st.compact_throttles == 0 && !f.done);
+    CU_ASSERT_FALSE(f.done);
+    CU_ASSERT_EQUAL(st.compact_throttles, 1);
+    CU_ASSERT(st.compacting);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    CU_ASSERT(f.done);
+    CU_ASSERT_EQUAL(f.res, KVS_ECLOSED);
+    e = open_opt(dir, &opt);
+    CU_ASSERT_EQUAL(kvs_engine_count(e), 101);
+    expect_round(e, 29);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    kvs_ring_free(ring);
+    tutil_rmtree(dir);
+}
+
 static void test_compact_finish_chain_runs_in_ring_steps(void)
 {
     char *dir = tutil_mkdtemp("finchain");
@@ -803,6 +899,9 @@ void test_compact_register(void)
     struct kvs_ring *r = NULL;
     int rc = kvs_ring_new(NULL, &r);
 
+    CU_add_test(s, "test_compact_rate_limited_same_result", test_compact_rate_limited_same_result);
+    CU_add_test(s, "test_compact_rate_close_cancels_the_wait",
+                test_compact_rate_close_cancels_the_wait);
     CU_add_test(s, "test_compact_overwrites_shrink_directory",
                 test_compact_overwrites_shrink_directory);
     CU_add_test(s, "test_compact_newest_wins_by_seq_after_compaction",

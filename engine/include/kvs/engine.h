@@ -52,6 +52,8 @@ struct kvs_engine_options {
                                   and ratio below holds; 0 disables; default 64 MiB */
     double compact_dead_ratio; /* ... and dead/total of immutable segments >= this (0.5) */
     uint32_t compact_step;     /* bytes copied per compaction step; default 1 MiB */
+    uint64_t compact_rate;     /* most bytes/s compaction reads (and so writes); 0 = no limit
+                                  (default) */
     bool salvage;              /* on a bad checksum in an older segment keep going */
     bool create;               /* create the directory if missing; default true */
     struct kvs_ring *ring;     /* ring to run on; NULL: the engine makes and owns one */
@@ -176,6 +178,7 @@ struct kvs_engine_stats {
     uint64_t presyncs;            /* fdatasyncs started early, in a nearly full segment */
     uint64_t compactions;         /* compactions finished since open */
     uint64_t compact_bytes_written;
+    uint64_t compact_throttles;     /* compaction steps delayed by compact_rate */
     bool compacting;                /* a compaction is running */
     bool failed;                    /* read-only after a write or sync error */
     uint64_t recovered_torn_bytes;  /* bytes cut off the newest segment at open */

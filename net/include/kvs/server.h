@@ -38,6 +38,7 @@ struct kvs_server_config {
     unsigned max_pipeline;        /* requests in progress per connection before its input is paused;
                                      default 256 */
     unsigned shutdown_timeout_ms; /* how long shutdown waits for slow clients; default 10000 */
+    uint64_t compact_rate;        /* bytes/s each shard's compaction may read; 0 = no limit */
     bool salvage;     /* open stores past bad records in older segments (see docs/operations.md) */
     bool repartition; /* a directory with another shard count is re-partitioned to shards */
 };
