@@ -512,6 +512,16 @@ static void expect_round(struct kvs_engine *e, int round)
     }
 }
 
+/* After a reopen: the 100 keys of write_rounds() hold round's values, plus "flush". */
+static void reopen_expect_round(const char *dir, const struct kvs_engine_options *opt, int round)
+{
+    struct kvs_engine *e = open_opt(dir, opt);
+
+    CU_ASSERT_EQUAL(kvs_engine_count(e), 101);
+    expect_round(e, round);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+}
+
 /* compact_rate spreads compaction's reads in time; the result is the same. At 8 MiB/s the
  * 400 KiB take about 50 ms. */
 static void test_compact_rate_limited_same_result(void)
@@ -535,10 +545,7 @@ static void test_compact_rate_limited_same_result(void)
     CU_ASSERT(after * 10 < before);
     expect_round(e, 29);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
-    CU_ASSERT_EQUAL(kvs_engine_count(e), 101);
-    expect_round(e, 29);
-    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    reopen_expect_round(dir, &opt, 29);
     tutil_rmtree(dir);
 }
 
@@ -572,10 +579,7 @@ static void test_compact_rate_close_cancels_the_wait(void)
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     CU_ASSERT(f.done);
     CU_ASSERT_EQUAL(f.res, KVS_ECLOSED);
-    e = open_opt(dir, &opt);
-    CU_ASSERT_EQUAL(kvs_engine_count(e), 101);
-    expect_round(e, 29);
-    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    reopen_expect_round(dir, &opt, 29);
     kvs_ring_free(ring);
     tutil_rmtree(dir);
 }
