@@ -21,18 +21,6 @@
 #include "record.h"
 #include "tutil.h"
 
-static struct kvs_engine *open_opt(const char *dir, const struct kvs_engine_options *opt)
-{
-    struct kvs_engine *e = NULL;
-    char err[256];
-    int rc = kvs_engine_open(dir, opt, &e, err, sizeof(err));
-
-    if (rc != 0)
-        fprintf(stderr, "open %s: %s (%s)\n", dir, kvs_strerror(rc), err);
-    CU_ASSERT_FATAL(rc == 0);
-    return e;
-}
-
 static bool has_value(struct kvs_engine *e, const void *key, size_t klen, const void *val,
                       size_t vlen)
 {
@@ -77,7 +65,7 @@ static void test_compact_overwrites_shrink_directory(void)
     char key[16], val[100];
 
     small_opts(&opt);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (int round = 0; round < 100; round++) {
         for (int k = 0; k < 100; k++) {
             snprintf(key, sizeof(key), "key%d", k);
@@ -103,7 +91,7 @@ static void test_compact_overwrites_shrink_directory(void)
         CU_ASSERT(has_value(e, key, strlen(key), val, 100));
     }
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 100);
     CU_ASSERT(is_missing(e, "flush"));
     for (int k = 0; k < 100; k++) {
@@ -122,7 +110,7 @@ static void test_compact_newest_wins_by_seq_after_compaction(void)
     struct kvs_engine *e;
 
     small_opts(&opt);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "k", 1, "old", 3), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "gone", 4, "x", 1), 0);
     /* The outputs get file numbers above the new active segment ... */
@@ -131,7 +119,7 @@ static void test_compact_newest_wins_by_seq_after_compaction(void)
     CU_ASSERT_EQUAL(kvs_engine_set(e, "k", 1, "new", 3), 0);
     CU_ASSERT_EQUAL(kvs_engine_remove(e, "gone", 4), 0);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT(has_value(e, "k", 1, "new", 3));
     CU_ASSERT(is_missing(e, "gone"));
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -189,7 +177,7 @@ static void test_compact_removed_key_never_resurrects(void)
 
     small_opts(&opt);
     opt.segment_size = 4096;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     /* The value in segment 1, its tombstone in segment 2, filler around both. */
     CU_ASSERT_EQUAL(kvs_engine_set(e, "victim", 6, "alive", 5), 0);
     memset(val, 'f', sizeof(val));
@@ -205,12 +193,12 @@ static void test_compact_removed_key_never_resurrects(void)
     seg2 = slurp(dir, "000002.seg", &len2);
     CU_ASSERT_FATAL(seg1 != NULL && seg2 != NULL);
 
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT(is_missing(e, "victim"));
     CU_ASSERT_EQUAL(kvs_engine_compact(e), 0);
     CU_ASSERT(is_missing(e, "victim"));
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT(is_missing(e, "victim"));
     CU_ASSERT_EQUAL(kvs_engine_count(e), 40);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -221,7 +209,7 @@ static void test_compact_removed_key_never_resurrects(void)
     marker = merge_encode(ids, 2, &mlen);
     CU_ASSERT_FATAL(marker != NULL);
     spill(dir, "MERGE", marker, mlen);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT(is_missing(e, "victim"));
     CU_ASSERT_EQUAL(kvs_engine_count(e), 40);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -242,7 +230,7 @@ static void test_compact_keeps_tombstone_for_active_value(void)
 
     small_opts(&opt);
     opt.segment_size = 2048;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     memset(val, 'v', sizeof(val));
     CU_ASSERT_EQUAL(kvs_engine_set(e, "a", 1, val, sizeof(val)), 0);
     for (int i = 0; i < 60; i++)
@@ -253,7 +241,7 @@ static void test_compact_keeps_tombstone_for_active_value(void)
     CU_ASSERT_EQUAL(kvs_engine_compact(e), 0);
     CU_ASSERT_EQUAL(kvs_engine_compact(e), 0); /* a second run over the first one's output */
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT(is_missing(e, "a"));
     CU_ASSERT(has_value(e, "churn", 5, val, sizeof(val)));
     CU_ASSERT_EQUAL(kvs_engine_count(e), 1);
@@ -380,7 +368,7 @@ static void test_compact_interleaves_with_async_ops(void)
     opt.ring = ring;
     opt.segment_size = 8 << 10;
     opt.compact_step = 4 << 10;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     memset(&m, 0, sizeof(m));
     for (int i = 0; i < NKEYS; i++)
         m.version[i] = -1;
@@ -426,7 +414,7 @@ static void test_compact_interleaves_with_async_ops(void)
             }
         }
         CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-        e = open_opt(dir, &opt);
+        e = tutil_open(dir, &opt);
     }
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     kvs_ring_free(ring);
@@ -515,7 +503,7 @@ static void expect_round(struct kvs_engine *e, int round)
 /* After a reopen: the 100 keys of write_rounds() hold round's values, plus "flush". */
 static void reopen_expect_round(const char *dir, const struct kvs_engine_options *opt, int round)
 {
-    struct kvs_engine *e = open_opt(dir, opt);
+    struct kvs_engine *e = tutil_open(dir, opt);
 
     CU_ASSERT_EQUAL(kvs_engine_count(e), 101);
     expect_round(e, round);
@@ -535,7 +523,7 @@ static void test_compact_rate_limited_same_result(void)
     small_opts(&opt);
     opt.compact_step = 4 << 10;
     opt.compact_rate = 8 << 20;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     write_rounds(e, 30);
     before = tutil_dir_bytes(dir);
     CU_ASSERT_EQUAL(kvs_engine_compact(e), 0);
@@ -565,7 +553,7 @@ static void test_compact_rate_close_cancels_the_wait(void)
     opt.ring = ring;
     opt.compact_step = 4 << 10;
     opt.compact_rate = 1;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     write_rounds(e, 30);
     CU_ASSERT_EQUAL(kvs_engine_compact_async(e, flag_done, &f), 0);
     do {
@@ -602,7 +590,7 @@ static void test_compact_finish_chain_runs_in_ring_steps(void)
     opt.segment_size = 8 << 10;
     opt.compact_step = 4 << 10;
     opt.fsync = KVS_FSYNC_ALWAYS; /* every directory sync really happens */
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     preload(e, &m);
     CU_ASSERT_EQUAL(kvs_engine_compact_async(e, flag_done, &f), 0);
     while (!f.done) {
@@ -629,7 +617,7 @@ static void test_compact_finish_chain_runs_in_ring_steps(void)
     CU_ASSERT_FALSE(st.failed);
     check_model(e, &m);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     check_model(e, &m);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     kvs_ring_free(ring);
@@ -655,7 +643,7 @@ static void compact_finish_fault(const char *fault, const char *inner)
     opt.segment_size = 8 << 10;
     opt.compact_step = 4 << 10;
     opt.fsync = KVS_FSYNC_ALWAYS;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     preload(e, &m);
     snprintf(path, sizeof(path), "%s/%s", dir, fault);
     CU_ASSERT_FATAL(mkdir(path, 0755) == 0);
@@ -673,7 +661,7 @@ static void compact_finish_fault(const char *fault, const char *inner)
         CU_ASSERT(rmdir(sub) == 0);
     CU_ASSERT(rmdir(path) == 0);
     for (int pass = 0; pass < 2; pass++) {
-        e = open_opt(dir, &opt);
+        e = tutil_open(dir, &opt);
         CU_ASSERT(has_value(e, "key0", 4, "after", 5));
         for (int i = 1; i < NKEYS; i++) {
             char k[16], v[160];
@@ -720,7 +708,7 @@ static void test_compact_random_history_matches_model(void)
     opt.segment_size = 4096;
     opt.compact_step = 4096;
     opt.compact_min_dead = 8192; /* automatic compactions too */
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     memset(&m, 0, sizeof(m));
     for (int i = 0; i < NKEYS; i++)
         m.version[i] = -1;
@@ -760,7 +748,7 @@ static void test_compact_random_history_matches_model(void)
             kvs_engine_stats(e, &before);
             CU_ASSERT(before.live_bytes <= before.disk_bytes);
             CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-            e = open_opt(dir, &opt);
+            e = tutil_open(dir, &opt);
             kvs_engine_stats(e, &after);
             CU_ASSERT_EQUAL(after.live_bytes, before.live_bytes);
             CU_ASSERT_EQUAL(after.keys, before.keys);
@@ -798,7 +786,7 @@ static void test_compact_starts_automatically(void)
     opt.segment_size = 4096;
     opt.compact_min_dead = 16 << 10;
     opt.compact_dead_ratio = 0.5;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     memset(val, 'x', sizeof(val));
     for (int i = 0; i < 2000; i++) {
         char key[16];
@@ -816,7 +804,7 @@ static void test_compact_starts_automatically(void)
     CU_ASSERT(st.compactions >= 1);
     CU_ASSERT(st.disk_bytes < 2000 * 130 / 4);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 11);
     CU_ASSERT(has_value(e, "k3", 2, val, sizeof(val)));
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -838,7 +826,7 @@ static void test_compact_record_larger_than_step(void)
     small_opts(&opt);
     opt.compact_step = 4096;
     opt.segment_size = 8192;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "big", 3, big, n), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "big2", 4, big, n / 2), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "small", 5, "s", 1), 0);
@@ -847,7 +835,7 @@ static void test_compact_record_larger_than_step(void)
     CU_ASSERT(has_value(e, "big", 3, big, n));
     CU_ASSERT(has_value(e, "big2", 4, big, n / 3));
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT(has_value(e, "big", 3, big, n));
     CU_ASSERT(has_value(e, "big2", 4, big, n / 3));
     CU_ASSERT(has_value(e, "small", 5, "s", 1));
@@ -867,7 +855,7 @@ static void test_compact_switches_many_records_in_batches(void)
 
     small_opts(&opt);
     opt.segment_size = 4 << 20; /* one output holds all 20000 live records */
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (int round = 0; round < 2; round++) {
         for (int i = 0; i < 20000; i++) {
             snprintf(key, sizeof(key), "k%d", i);
@@ -883,7 +871,7 @@ static void test_compact_switches_many_records_in_batches(void)
     CU_ASSERT_EQUAL(st.dead_bytes, 0);
     CU_ASSERT_EQUAL(st.keys, 20000);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (int i = 0; i < 20000; i++) {
         snprintf(key, sizeof(key), "k%d", i);
         snprintf(val, sizeof(val), "v%d-1", i);
@@ -900,8 +888,6 @@ void test_compact_register(void);
 void test_compact_register(void)
 {
     CU_pSuite s = CU_add_suite("compact", NULL, NULL);
-    struct kvs_ring *r = NULL;
-    int rc = kvs_ring_new(NULL, &r);
 
     CU_add_test(s, "test_compact_rate_limited_same_result", test_compact_rate_limited_same_result);
     CU_add_test(s, "test_compact_rate_close_cancels_the_wait",
@@ -928,9 +914,5 @@ void test_compact_register(void)
     CU_add_test(s, "test_compact_record_larger_than_step", test_compact_record_larger_than_step);
     CU_add_test(s, "test_compact_switches_many_records_in_batches",
                 test_compact_switches_many_records_in_batches);
-    if (rc < 0) {
-        printf("SKIP: compact suite: io_uring unavailable: %s\n", kvs_strerror(rc));
-        CU_set_suite_active(s, CU_FALSE);
-    }
-    kvs_ring_free(r);
+    tutil_need_ring(s, "compact");
 }

@@ -19,18 +19,6 @@
 #include "kvs/ring.h"
 #include "tutil.h"
 
-static struct kvs_engine *open_dir(const char *dir, const struct kvs_engine_options *opt)
-{
-    struct kvs_engine *e = NULL;
-    char err[256];
-    int rc = kvs_engine_open(dir, opt, &e, err, sizeof(err));
-
-    if (rc != 0)
-        fprintf(stderr, "open %s: %s (%s)\n", dir, kvs_strerror(rc), err);
-    CU_ASSERT_FATAL(rc == 0);
-    return e;
-}
-
 static void expect_value(struct kvs_engine *e, const void *key, size_t klen, const void *val,
                          size_t vlen)
 {
@@ -57,13 +45,13 @@ static void expect_missing(struct kvs_engine *e, const void *key, size_t klen)
 static void test_engine_persists_across_reopen(void)
 {
     char *dir = tutil_mkdtemp("persist");
-    struct kvs_engine *e = open_dir(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
 
     CU_ASSERT_EQUAL(kvs_engine_set(e, "a", 1, "one", 3), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "b", 1, "two", 3), 0);
     expect_value(e, "a", 1, "one", 3);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, NULL);
+    e = tutil_open(dir, NULL);
     expect_value(e, "a", 1, "one", 3);
     expect_value(e, "b", 1, "two", 3);
     expect_missing(e, "c", 1);
@@ -75,13 +63,13 @@ static void test_engine_persists_across_reopen(void)
 static void test_engine_overwrite_keeps_newest(void)
 {
     char *dir = tutil_mkdtemp("overwrite");
-    struct kvs_engine *e = open_dir(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
 
     CU_ASSERT_EQUAL(kvs_engine_set(e, "k", 1, "v1", 2), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "k", 1, "value2", 6), 0);
     expect_value(e, "k", 1, "value2", 6);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, NULL);
+    e = tutil_open(dir, NULL);
     expect_value(e, "k", 1, "value2", 6);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 1);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -91,7 +79,7 @@ static void test_engine_overwrite_keeps_newest(void)
 static void test_engine_remove_then_reopen(void)
 {
     char *dir = tutil_mkdtemp("remove");
-    struct kvs_engine *e = open_dir(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
 
     CU_ASSERT_EQUAL(kvs_engine_set(e, "k", 1, "v", 1), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "keep", 4, "v", 1), 0);
@@ -100,7 +88,7 @@ static void test_engine_remove_then_reopen(void)
     CU_ASSERT_EQUAL(kvs_engine_remove(e, "never", 5), KVS_ENOTFOUND);
     expect_missing(e, "k", 1);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, NULL);
+    e = tutil_open(dir, NULL);
     expect_missing(e, "k", 1);
     expect_value(e, "keep", 4, "v", 1);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -131,7 +119,7 @@ static void test_engine_random_keys_survive_reopen(void)
     kvs_engine_options_init(&opt);
     opt.segment_size = 4 << 20; /* several segments, so rotation and hints are exercised */
     opt.fsync = KVS_FSYNC_NEVER;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (uint64_t i = 0; i < RANDOM_KEYS; i++) {
         make_kv(i, key, &klen, val, &vlen);
         CU_ASSERT_EQUAL_FATAL(kvs_engine_set_async(e, key, klen, val, vlen, NULL, NULL), 0);
@@ -139,7 +127,7 @@ static void test_engine_random_keys_survive_reopen(void)
             kvs_engine_flush(e);
     }
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), RANDOM_KEYS);
     for (uint64_t i = 0; i < RANDOM_KEYS; i++) {
         make_kv(i, key, &klen, val, &vlen);
@@ -152,7 +140,7 @@ static void test_engine_random_keys_survive_reopen(void)
 static void test_engine_binary_and_empty(void)
 {
     char *dir = tutil_mkdtemp("binary");
-    struct kvs_engine *e = open_dir(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
     const char k1[] = {'a', 0, 'b'}, v1[] = {0, 0, 1, 0};
     const char k2[] = {'a', 0, 'c'};
 
@@ -163,7 +151,7 @@ static void test_engine_binary_and_empty(void)
     CU_ASSERT_EQUAL(kvs_engine_value_len(e, k1, 3), 4);
     CU_ASSERT_EQUAL(kvs_engine_value_len(e, "a", 1), KVS_ENOTFOUND);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, NULL);
+    e = tutil_open(dir, NULL);
     expect_value(e, k1, 3, v1, 4);
     expect_value(e, k2, 3, "", 0);
     expect_value(e, "", 0, "empty key", 9);
@@ -175,7 +163,7 @@ static void test_engine_binary_and_empty(void)
 static void test_engine_large_value(void)
 {
     char *dir = tutil_mkdtemp("large");
-    struct kvs_engine *e = open_dir(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
     size_t n = 10u << 20;
     uint8_t *big = malloc(n);
     uint64_t st = 42;
@@ -186,7 +174,7 @@ static void test_engine_large_value(void)
     CU_ASSERT_EQUAL(kvs_engine_set(e, "small", 5, "x", 1), 0);
     expect_value(e, "big", 3, big, n);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, NULL);
+    e = tutil_open(dir, NULL);
     expect_value(e, "big", 3, big, n);
     expect_value(e, "small", 5, "x", 1);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -197,14 +185,14 @@ static void test_engine_large_value(void)
 static void test_engine_second_opener_refused(void)
 {
     char *dir = tutil_mkdtemp("lock");
-    struct kvs_engine *e = open_dir(dir, NULL), *e2 = NULL;
+    struct kvs_engine *e = tutil_open(dir, NULL), *e2 = NULL;
     char err[256] = "";
 
     CU_ASSERT_EQUAL(kvs_engine_open(dir, NULL, &e2, err, sizeof(err)), KVS_ELOCKED);
     CU_ASSERT_PTR_NULL(e2);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "locked"));
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, NULL); /* the lock is released by close */
+    e = tutil_open(dir, NULL); /* the lock is released by close */
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     tutil_rmtree(dir);
 }
@@ -222,7 +210,7 @@ static void test_engine_limits_and_options(void)
     kvs_engine_options_init(&opt);
     opt.max_key = 64;
     opt.max_value = 100;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     memset(key, 'k', sizeof(key));
     CU_ASSERT_EQUAL(kvs_engine_set(e, key, 65, "v", 1), KVS_ETOOBIG);
     CU_ASSERT_EQUAL(kvs_engine_set(e, key, 64, "v", 1), 0);
@@ -285,7 +273,7 @@ static void test_engine_group_commit_batches(void)
     kvs_engine_options_init(&opt);
     opt.ring = ring;
     opt.fsync = KVS_FSYNC_ALWAYS;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (int i = 0; i < 100; i++) {
         snprintf(key, sizeof(key), "k%d", i);
         CU_ASSERT_EQUAL(kvs_engine_set_async(e, key, strlen(key), "value", 5, count_done, &c), 0);
@@ -304,7 +292,7 @@ static void test_engine_group_commit_batches(void)
     CU_ASSERT_EQUAL(st.sets, 100);
     CU_ASSERT(kvs_engine_idle(e));
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     expect_value(e, "k99", 3, "value", 5);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 100);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -322,7 +310,7 @@ static void test_engine_fsync_always_sync_sets(void)
     kvs_engine_options_init(&opt);
     opt.fsync = KVS_FSYNC_ALWAYS;
     opt.segment_size = 1024; /* rotation under always: the directory is synced too */
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (int i = 0; i < 50; i++) {
         char key[16];
 
@@ -335,7 +323,7 @@ static void test_engine_fsync_always_sync_sets(void)
     CU_ASSERT(st.fsyncs >= 50);
     CU_ASSERT(st.segments > 1);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 50);
     expect_value(e, "k49", 3, "0123456789012345678901234567890123456789", 40);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -354,7 +342,7 @@ static void test_engine_clear_is_durable(void)
     kvs_engine_options_init(&opt);
     opt.ring = ring;
     opt.segment_size = 1024;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (int i = 0; i < 100; i++) {
         char key[16];
 
@@ -369,7 +357,7 @@ static void test_engine_clear_is_durable(void)
     CU_ASSERT_EQUAL(c.last, 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "after", 5, "yes", 3), 0);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 1);
     expect_missing(e, "k5", 2);
     expect_value(e, "after", 5, "yes", 3);
@@ -396,7 +384,7 @@ static void scan_key(void *ctx, const void *key, size_t klen)
 static void test_engine_scan_count_stats(void)
 {
     char *dir = tutil_mkdtemp("scan");
-    struct kvs_engine *e = open_dir(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
     struct kvs_engine_stats st;
     struct keyset ks;
     uint64_t cur = 0;
@@ -438,7 +426,7 @@ static void test_engine_write_error_makes_store_read_only(void)
     memset(val, 'v', sizeof(val));
     kvs_engine_options_init(&opt);
     opt.fsync = KVS_FSYNC_ALWAYS;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "before", 6, "ok", 2), 0);
     /* A file size limit makes the next write fail with EFBIG, like a full disk would. */
     CU_ASSERT_FATAL(getrlimit(RLIMIT_FSIZE, &old) == 0);
@@ -457,7 +445,7 @@ static void test_engine_write_error_makes_store_read_only(void)
     expect_value(e, "before", 6, "ok", 2);
     CU_ASSERT_EQUAL(kvs_engine_close(e), KVS_EFAILED);
     /* What was acknowledged survives; the failed write left at most a torn tail. */
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     expect_value(e, "before", 6, "ok", 2);
     expect_missing(e, "after", 5);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -476,7 +464,7 @@ static void test_engine_everysec_syncs_after_a_write(void)
     kvs_engine_options_init(&opt);
     opt.ring = ring;
     opt.fsync = KVS_FSYNC_EVERYSEC;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     kvs_engine_stats(e, &st);
     CU_ASSERT_EQUAL(st.fsyncs, 0);
     /* The set completes once written, before any sync ... */
@@ -507,7 +495,7 @@ static void test_engine_everysec_syncs_segment_before_the_next(void)
     memset(val, 'r', sizeof(val));
     kvs_engine_options_init(&opt);
     opt.segment_size = 1024;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (int i = 0; i < 40; i++) {
         char key[16];
 
@@ -519,7 +507,7 @@ static void test_engine_everysec_syncs_segment_before_the_next(void)
     CU_ASSERT(st.segments >= 4);
     CU_ASSERT(st.fsyncs >= st.segments - 1);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 40);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     tutil_rmtree(dir);
@@ -559,7 +547,7 @@ static void test_engine_everysec_presyncs_a_nearly_full_segment(void)
     kvs_engine_options_init(&opt);
     opt.segment_size = 64 << 10;
     opt.compact_min_dead = 0;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     fill_until(e, &next, (64 << 10) - (8 << 10) - 200);
     kvs_engine_stats(e, &st);
     CU_ASSERT_EQUAL(st.segments, 1);
@@ -573,14 +561,14 @@ static void test_engine_everysec_presyncs_a_nearly_full_segment(void)
     dir = tutil_mkdtemp("presync-never");
     opt.fsync = KVS_FSYNC_NEVER;
     next = 0;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     fill_until(e, &next, 128 << 10);
     kvs_engine_stats(e, &st);
     CU_ASSERT(st.segments >= 2);
     CU_ASSERT_EQUAL(st.presyncs, 0);
     CU_ASSERT_EQUAL(st.fsyncs, 0);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), (uint64_t)next);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     tutil_rmtree(dir);
@@ -629,7 +617,7 @@ static void test_engine_rotation_on_the_ring(void)
     opt.ring = ring;
     opt.segment_size = 4096;
     opt.compact_min_dead = 0;
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     /* Phase 1: 200 sets without a ring turn: the spare's openat cannot have completed. */
     for (int i = 0; i < 200; i++) {
         snprintf(key, sizeof(key), "a%d", i);
@@ -668,7 +656,7 @@ static void test_engine_rotation_on_the_ring(void)
     segs = (int)st.segments;
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     CU_ASSERT_EQUAL(count_seg_files(dir), segs); /* the unused spare was removed */
-    e = open_dir(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 600);
     expect_value(e, "a0", 2, val, sizeof(val));
     expect_value(e, "a199", 4, val, sizeof(val));
@@ -697,8 +685,6 @@ void test_engine_register(void);
 void test_engine_register(void)
 {
     CU_pSuite s = CU_add_suite("engine", NULL, NULL);
-    struct kvs_ring *r = NULL;
-    int rc = kvs_ring_new(NULL, &r);
 
     CU_add_test(s, "test_engine_persists_across_reopen", test_engine_persists_across_reopen);
     CU_add_test(s, "test_engine_everysec_presyncs_a_nearly_full_segment",
@@ -723,9 +709,5 @@ void test_engine_register(void)
                 test_engine_everysec_syncs_segment_before_the_next);
     CU_add_test(s, "test_engine_rotation_on_the_ring", test_engine_rotation_on_the_ring);
     CU_add_test(s, "test_engine_parse_fsync", test_engine_parse_fsync);
-    if (rc < 0) {
-        printf("SKIP: engine suite: io_uring unavailable: %s\n", kvs_strerror(rc));
-        CU_set_suite_active(s, CU_FALSE);
-    }
-    kvs_ring_free(r);
+    tutil_need_ring(s, "engine");
 }

@@ -94,18 +94,6 @@ static void remove_file(const char *dir, const char *name)
     free(p);
 }
 
-static struct kvs_engine *open_opt(const char *dir, const struct kvs_engine_options *opt)
-{
-    struct kvs_engine *e = NULL;
-    char err[256];
-    int rc = kvs_engine_open(dir, opt, &e, err, sizeof(err));
-
-    if (rc != 0)
-        fprintf(stderr, "open %s: %s (%s)\n", dir, kvs_strerror(rc), err);
-    CU_ASSERT_FATAL(rc == 0);
-    return e;
-}
-
 static bool has_value(struct kvs_engine *e, const char *key, const char *val)
 {
     const void *v;
@@ -123,7 +111,7 @@ static void value_for(int i, char *buf, size_t len)
 static void test_recovery_torn_tail_every_offset(void)
 {
     char *tmpl = tutil_mkdtemp("torn-tmpl");
-    struct kvs_engine *e = open_opt(tmpl, NULL);
+    struct kvs_engine *e = tutil_open(tmpl, NULL);
     struct kvs_engine_stats st;
     uint8_t *seg, *fmt;
     size_t seglen = 0, fmtlen = 0;
@@ -153,7 +141,7 @@ static void test_recovery_torn_tail_every_offset(void)
 
         write_file(dir, "KVS-FORMAT", fmt, fmtlen);
         write_file(dir, "000001.seg", seg, cut);
-        e = open_opt(dir, NULL);
+        e = tutil_open(dir, NULL);
         kvs_engine_stats(e, &st);
         CU_ASSERT_EQUAL(st.keys, 5);
         CU_ASSERT_EQUAL(st.recovered_torn_bytes, cut - before);
@@ -164,7 +152,7 @@ static void test_recovery_torn_tail_every_offset(void)
         CU_ASSERT_EQUAL(kvs_engine_set(e, "again", 5, "ok", 2), 0);
         CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
         CU_ASSERT_EQUAL(file_size(dir, "000001.seg"), (long long)(before + 28 + 5 + 2));
-        e = open_opt(dir, NULL);
+        e = tutil_open(dir, NULL);
         CU_ASSERT_EQUAL(kvs_engine_count(e), 6);
         CU_ASSERT(has_value(e, "again", "ok"));
         CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -179,14 +167,14 @@ static void test_recovery_torn_tail_every_offset(void)
 static void test_recovery_bad_checksum_at_tail_is_cut(void)
 {
     char *dir = tutil_mkdtemp("tailsum");
-    struct kvs_engine *e = open_opt(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
     struct kvs_engine_stats st;
 
     CU_ASSERT_EQUAL(kvs_engine_set(e, "a", 1, "1", 1), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "b", 1, "2", 1), 0);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     flip_byte(dir, "000001.seg", 30 + 29); /* the key byte of the second (last) record */
-    e = open_opt(dir, NULL);
+    e = tutil_open(dir, NULL);
     kvs_engine_stats(e, &st);
     CU_ASSERT_EQUAL(st.recovered_torn_bytes, 30);
     CU_ASSERT(has_value(e, "a", "1"));
@@ -198,7 +186,7 @@ static void test_recovery_bad_checksum_at_tail_is_cut(void)
 static void test_recovery_torn_tail_before_empty_newest(void)
 {
     char *dir = tutil_mkdtemp("tornrot");
-    struct kvs_engine *e = open_opt(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
     struct kvs_engine_stats st;
     uint8_t *seg;
     size_t len = 0;
@@ -212,7 +200,7 @@ static void test_recovery_torn_tail_before_empty_newest(void)
     CU_ASSERT_FATAL(seg != NULL && len == 60);
     write_file(dir, "000001.seg", seg, 45);
     write_file(dir, "000002.seg", "", 0);
-    e = open_opt(dir, NULL);
+    e = tutil_open(dir, NULL);
     kvs_engine_stats(e, &st);
     CU_ASSERT_EQUAL(st.recovered_torn_bytes, 15);
     CU_ASSERT(has_value(e, "a", "1"));
@@ -230,7 +218,7 @@ static void fill_segments(const char *dir, struct kvs_engine_options *opt)
 
     kvs_engine_options_init(opt);
     opt->segment_size = 1024;
-    e = open_opt(dir, opt);
+    e = tutil_open(dir, opt);
     for (int i = 0; i < 100; i++) {
         snprintf(key, sizeof(key), "key%03d", i);
         value_for(i, val, sizeof(val));
@@ -258,7 +246,7 @@ static void test_recovery_flipped_byte_in_older_segment(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(err, "offset 84"));
 
     opt.salvage = true;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     kvs_engine_stats(e, &st);
     CU_ASSERT_EQUAL(st.salvage_dropped_bytes, 84);
     CU_ASSERT_EQUAL(st.keys, 99);
@@ -273,7 +261,7 @@ static void test_recovery_flipped_byte_in_older_segment(void)
     CU_ASSERT_EQUAL(kvs_engine_compact(e), 0);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     opt.salvage = false;
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     CU_ASSERT_EQUAL(kvs_engine_count(e), 99);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     tutil_rmtree(dir);
@@ -285,7 +273,7 @@ static void test_recovery_corrupt_newest_middle_is_reported(void)
     struct kvs_engine *e = NULL;
     char err[256] = "";
 
-    e = open_opt(dir, NULL);
+    e = tutil_open(dir, NULL);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "a", 1, "1", 1), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "b", 1, "2", 1), 0);
     CU_ASSERT_EQUAL(kvs_engine_set(e, "c", 1, "3", 1), 0);
@@ -308,7 +296,7 @@ static void test_recovery_uses_hints_and_ignores_corrupt_ones(void)
     char key[16], val[64];
 
     fill_segments(dir, &opt);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     kvs_engine_stats(e, &st);
     used = st.hint_files_used;
     CU_ASSERT_EQUAL(used, st.segments - 1); /* every segment but the active one */
@@ -316,7 +304,7 @@ static void test_recovery_uses_hints_and_ignores_corrupt_ones(void)
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
 
     flip_byte(dir, "000003.hint", 40);
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     kvs_engine_stats(e, &st);
     CU_ASSERT_EQUAL(st.hint_files_used, used - 1);
     CU_ASSERT_EQUAL(st.keys, 100);
@@ -327,7 +315,7 @@ static void test_recovery_uses_hints_and_ignores_corrupt_ones(void)
     }
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     /* The scan rewrote the hint: the next open uses it again. */
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     kvs_engine_stats(e, &st);
     CU_ASSERT_EQUAL(st.hint_files_used, used);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
@@ -352,7 +340,7 @@ static void test_recovery_live_bytes_exact_after_load(void)
     opt.segment_size = 2048;
     opt.compact_min_dead = 0;
     memset(val, 'l', sizeof(val));
-    e = open_opt(dir, &opt);
+    e = tutil_open(dir, &opt);
     for (int i = 0; i < 60; i++) { /* all of these go with the clear */
         snprintf(key, sizeof(key), "old%02d", i);
         CU_ASSERT_EQUAL(kvs_engine_set(e, key, strlen(key), val, sizeof(val)), 0);
@@ -376,7 +364,7 @@ static void test_recovery_live_bytes_exact_after_load(void)
     CU_ASSERT_EQUAL(st.live_bytes, want);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     for (int pass = 0; pass < 2; pass++) { /* first open scans and writes hints, then hints */
-        e = open_opt(dir, &opt);
+        e = tutil_open(dir, &opt);
         kvs_engine_stats(e, &st);
         CU_ASSERT_EQUAL(st.live_bytes, want);
         CU_ASSERT_EQUAL(st.dead_bytes, st.disk_bytes - want);
@@ -391,7 +379,7 @@ static void test_recovery_live_bytes_exact_after_load(void)
 static void test_recovery_format_file_checked(void)
 {
     char *dir = tutil_mkdtemp("format");
-    struct kvs_engine *e = open_opt(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
     char err[256] = "";
     size_t len = 0;
     uint8_t *fmt;
@@ -416,14 +404,14 @@ static void test_recovery_format_file_checked(void)
 static void test_recovery_leftover_temp_files_removed(void)
 {
     char *dir = tutil_mkdtemp("leftover");
-    struct kvs_engine *e = open_opt(dir, NULL);
+    struct kvs_engine *e = tutil_open(dir, NULL);
 
     CU_ASSERT_EQUAL(kvs_engine_set(e, "a", 1, "1", 1), 0);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     /* An unfinished compaction output and a hint with no segment, as after a crash. */
     write_file(dir, "000007.seg.tmp", "garbage", 7);
     write_file(dir, "000008.hint", "garbage", 7);
-    e = open_opt(dir, NULL);
+    e = tutil_open(dir, NULL);
     CU_ASSERT(has_value(e, "a", "1"));
     CU_ASSERT_EQUAL(file_size(dir, "000007.seg.tmp"), -1);
     CU_ASSERT_EQUAL(file_size(dir, "000008.hint"), -1);
@@ -477,7 +465,7 @@ static void test_recovery_after_kill_keeps_acknowledged_sets(void)
     waitpid(pid, &status, 0);
     close(fds[0]);
     CU_ASSERT_EQUAL(acked, 300);
-    e = open_opt(dir, NULL);
+    e = tutil_open(dir, NULL);
     for (uint32_t i = 0; i < acked; i++) {
         char key[16], val[64];
 
@@ -497,8 +485,6 @@ void test_recovery_register(void);
 void test_recovery_register(void)
 {
     CU_pSuite s = CU_add_suite("recovery", NULL, NULL);
-    struct kvs_ring *r = NULL;
-    int rc = kvs_ring_new(NULL, &r);
 
     CU_add_test(s, "test_recovery_torn_tail_every_offset", test_recovery_torn_tail_every_offset);
     CU_add_test(s, "test_recovery_bad_checksum_at_tail_is_cut",
@@ -518,9 +504,5 @@ void test_recovery_register(void)
     CU_add_test(s, "test_recovery_format_file_checked", test_recovery_format_file_checked);
     CU_add_test(s, "test_recovery_leftover_temp_files_removed",
                 test_recovery_leftover_temp_files_removed);
-    if (rc < 0) {
-        printf("SKIP: recovery suite: io_uring unavailable: %s\n", kvs_strerror(rc));
-        CU_set_suite_active(s, CU_FALSE);
-    }
-    kvs_ring_free(r);
+    tutil_need_ring(s, "recovery");
 }

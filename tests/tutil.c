@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Test helpers: temporary directories and deterministic pseudo-random data. */
+/* Test helpers: temporary directories, deterministic pseudo-random data, opening stores. */
 #include "tutil.h"
 
 #include <dirent.h>
@@ -9,6 +9,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "kvs/engine.h"
+#include "kvs/error.h"
+#include "kvs/ring.h"
 
 char *tutil_mkdtemp(const char *tag)
 {
@@ -89,4 +93,28 @@ long long tutil_dir_bytes(const char *dir)
     }
     closedir(d);
     return total;
+}
+
+struct kvs_engine *tutil_open(const char *dir, const struct kvs_engine_options *opt)
+{
+    struct kvs_engine *e = NULL;
+    char err[256];
+    int rc = kvs_engine_open(dir, opt, &e, err, sizeof(err));
+
+    if (rc != 0)
+        fprintf(stderr, "open %s: %s (%s)\n", dir, kvs_strerror(rc), err);
+    CU_ASSERT_FATAL(rc == 0);
+    return e;
+}
+
+void tutil_need_ring(CU_pSuite s, const char *name)
+{
+    struct kvs_ring *r = NULL;
+    int rc = kvs_ring_new(NULL, &r);
+
+    if (rc < 0) {
+        printf("SKIP: %s suite: io_uring unavailable: %s\n", name, kvs_strerror(rc));
+        CU_set_suite_active(s, CU_FALSE);
+    }
+    kvs_ring_free(r);
 }
