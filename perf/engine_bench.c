@@ -397,6 +397,28 @@ static void ratio(const char *what)
                ((double)k->ops / k->secs) / ((double)l->ops / l->secs), k->p99_us, l->p99_us);
 }
 
+/* A whole decimal number <= max, nothing else; false otherwise. */
+static bool parse_count(const char *s, uint64_t max, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    if (*s < '0' || *s > '9')
+        return false;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static int bad_arg(char opt, const char *val)
+{
+    fprintf(stderr, "engine_bench: bad value '%s' for -%c\n", val, opt);
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
     uint64_t n = 100000, single_always = 2000;
@@ -412,13 +434,20 @@ int main(int argc, char **argv)
     while ((c = getopt(argc, argv, "n:b:s:d:h")) != -1) {
         switch (c) {
         case 'n':
-            n = strtoull(optarg, NULL, 10);
+            if (!parse_count(optarg, UINT64_MAX, &n))
+                return bad_arg('n', optarg);
             break;
-        case 'b':
-            batch = (unsigned)strtoul(optarg, NULL, 10);
+        case 'b': {
+            uint64_t v;
+
+            if (!parse_count(optarg, UINT32_MAX, &v))
+                return bad_arg('b', optarg);
+            batch = (unsigned)v;
             break;
+        }
         case 's':
-            single_always = strtoull(optarg, NULL, 10);
+            if (!parse_count(optarg, UINT64_MAX, &single_always))
+                return bad_arg('s', optarg);
             break;
         case 'd':
             snprintf(base, sizeof(base), "%s", optarg);
@@ -429,8 +458,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (n == 0 || batch == 0 || single_always > n) {
-        fprintf(stderr, "engine_bench: need n > 0, batch > 0, single-always <= n\n");
+    if (n == 0 || batch == 0 || single_always == 0 || single_always > n) {
+        fprintf(stderr, "engine_bench: need n > 0, batch > 0, 0 < single-always <= n\n");
         return 2;
     }
     kvs_log_set_level(KVS_LOG_WARN);

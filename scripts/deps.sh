@@ -18,7 +18,14 @@ kvs_deps() {
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"
         local sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        if [ "$(id -u)" -ne 0 ]; then
+            if ! command -v sudo >/dev/null; then
+                echo "missing Debian packages: ${missing[*]}" >&2
+                echo "run as root (no sudo here): apt-get install -y ${missing[*]}" >&2
+                return 1
+            fi
+            sudo="sudo"
+        fi
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi

@@ -575,13 +575,13 @@ static uint64_t top_up(struct conn *c)
                 return start;
             if (start >= b->t_end)
                 return UINT64_MAX;
-            if (t->now - start > LATE_NS)
-                t->late++;
             c->sched_k++;
         } else if (start >= b->t_end) {
             return UINT64_MAX;
         }
         measured = start >= b->t_warm_end;
+        if (cfg->rate > 0 && measured && t->now - start > LATE_NS)
+            t->late++; /* late sends of the warm-up are not reported */
         op = kvs_workload_next(b->w, &c->stream, &key);
         if (!queue_request(c, op, key, start, measured, false))
             return UINT64_MAX;

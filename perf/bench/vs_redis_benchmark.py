@@ -16,12 +16,16 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), ".."))
+from kvsperf import procfs, resp  # noqa: E402
+from kvsperf.servers import free_port  # noqa: E402
 
 BIN = os.environ.get("KVS_BIN", "build/bin")
 BENCH = os.path.join(BIN, "kvs-bench")
@@ -37,10 +41,20 @@ WORKLOADS = [
 ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_for_ping(server, port, timeout=10.0):
+    """Until redis-server answers PING; raises if it exits first or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            raise SystemExit("redis-server exited with status %d" % server.returncode)
+        try:
+            if resp.call(port, "PING", timeout=1.0) in ("PONG", b"PONG"):
+                return
+        except (OSError, resp.RespError, resp.ServerError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("redis-server did not answer PING within %g s" % timeout)
+        time.sleep(0.05)
 
 
 def run_timed(argv):
@@ -100,20 +114,13 @@ def main():
                                str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                                "no", "--dir", tmp], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_ping(server, port)
         # Every key once, so that GETs hit in both tools.
         subprocess.run([BENCH, "--addr", "127.0.0.1:%d" % port, "--prefill", "--keys",
                         str(KEYS), "--data-size", str(SIZE), "--requests", "1", "--quiet"],
                        check=True, stdout=subprocess.DEVNULL)
         print("machine: %s, %d CPUs, %s %s; load average before: %s" % (
-            cpu_model(), ncpu, platform.system(), platform.release(),
+            procfs.cpu_model(), ncpu, platform.system(), platform.release(),
             " ".join("%.2f" % x for x in os.getloadavg())))
         print()
         print("| workload | tool | requests/s | client CPU s | requests per client CPU-s "
@@ -138,17 +145,7 @@ def main():
     finally:
         server.kill()
         server.wait()
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

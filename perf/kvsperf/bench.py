@@ -129,6 +129,9 @@ def extract(doc, json_path="kvs-bench JSON"):
         "errors": _get(doc, r + ["errors"], "error replies", json_path),
         "misses": _get(doc, r + ["misses"], "GET misses", json_path),
         "warmup_ops": _get(doc, r + ["warmup_requests"], "warm-up replies", json_path),
+        # --verify makes kvs-bench write every key itself before measuring (in the same call,
+        # so inside the runner's CPU and disk counters).
+        "prefill_ops": doc.get("result", {}).get("prefill_requests", 0),
         "unanswered": _get(doc, r + ["unanswered"], "unanswered requests", json_path),
         "late_sends": _get(doc, r + ["late_sends"], "late sends", json_path),
         # Open loop: requests whose intended time passed but were never sent (the server fell

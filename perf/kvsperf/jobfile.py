@@ -520,6 +520,10 @@ def _check_job(job):
         k = "during_at" if job.where["during_at"] else "during"
         errs.append(f"{job.loc(k)}: key '{k}': during_at={job['during_at']:g}s is not inside "
                     f"the measured run (duration={job['duration']:g}s)")
+    if job["verify"] and job["during"] != "none":
+        errs.append(f"{job.loc('during')}: key 'during': cannot be combined with verify=yes "
+                    "(kvs-bench --verify prefills inside the measured call, so the event's "
+                    "timing would not be from the measured run's start)")
     if job["server"] == "redis" and job["appendonly"] is False and job["appendfsync"]:
         errs.append(f"{job.loc('appendfsync')}: key 'appendfsync' has no effect with "
                     "appendonly=no")

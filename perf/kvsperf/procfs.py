@@ -95,7 +95,7 @@ def filesystem(path):
     return {"mount": best[0], "type": best[1], "device": best[2]}
 
 
-def _cpu_model():
+def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -128,7 +128,7 @@ def _version(cmd):
 def machine(source_dir=None):
     """The machine and software a report was made on."""
     m = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "memory_bytes": _mem_total(),

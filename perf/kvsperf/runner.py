@@ -255,7 +255,7 @@ class Runner:
             if event:
                 event.finish(job["timeout"])
         m = bench.load(jp)
-        total = m["ops"] + m["warmup_ops"]
+        total = m["ops"] + m["warmup_ops"] + m["prefill_ops"]
         cpu = after["cpu_s"] - before["cpu_s"]
         wb = after["write_bytes"] - before["write_bytes"]
         m.update({

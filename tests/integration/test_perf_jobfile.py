@@ -189,6 +189,10 @@ class ParseErrors(unittest.TestCase):
         self.assertError("[a]\nduration=1\nduring=compact\n",
                          "perf/jobs/x.job:3: key 'during': during_at=1s is not inside")
 
+    def test_verify_with_event_refused(self):
+        self.assertError("[a]\nduration=5\nverify=yes\nduring=compact\n",
+                         "perf/jobs/x.job:4: key 'during': cannot be combined with verify=yes")
+
     def test_sweep_without_measured_run(self):
         errs = self.errors("[a]\nduration=0\nprefill=1\nrate_sweep=10%:50%:20%\n")
         self.assertEqual(errs, ["perf/jobs/x.job:4: key 'rate_sweep' needs a measured run, "
