@@ -53,7 +53,7 @@ static bool arg_is(const struct kvs_resp_arg *a, const char *s)
     return a->len == n && strncasecmp(a->p, s, n) == 0;
 }
 
-const char *cmd_error_text(int status)
+static const char *cmd_error_text(int status)
 {
     switch (status) {
     case KVS_ETOOBIG:
@@ -83,6 +83,20 @@ static void reply_status_error(struct req *req, int status)
         reply_error(req, t);
     else
         (void)kvs_resp_append_errorf(out(req), "ERR %s", kvs_strerror(status));
+}
+
+/*
+ * reply_oom_since - a reply could not be built whole (out of memory): drop what was appended
+ * since mark and answer with an error instead. If even that fails, close the connection after
+ * the replies before this one, so that the client never reads a short array as complete.
+ */
+static void reply_oom_since(struct req *req, size_t mark)
+{
+    struct kvs_buf *b = out(req);
+
+    b->len = mark;
+    if (kvs_resp_append_error(b, "ERR out of memory", sizeof("ERR out of memory") - 1) < 0)
+        conn_close_after_reply(req->conn);
 }
 
 /* The first op error of a request, or 0. Missing keys and unmet conditions are not errors. */
@@ -167,7 +181,7 @@ static bool value_ok_or_reply(struct shard *sh, struct req *req, const struct kv
 {
     if (v->len <= sh->srv->cfg.max_value)
         return true;
-    reply_error(req, "ERR string exceeds maximum allowed size");
+    reply_status_error(req, KVS_ETOOBIG);
     return false;
 }
 
@@ -336,7 +350,7 @@ static void cmd_select(struct shard *sh, struct req *req, size_t argc, struct kv
     (void)sh;
     (void)argc;
     if (!cmd_parse_i64(argv[1].p, argv[1].len, &db))
-        reply_error(req, "ERR value is not an integer or out of range");
+        reply_status_error(req, OP_ENOTINT);
     else if (db != 0)
         reply_error(req, "ERR DB index is out of range");
     else
@@ -348,8 +362,37 @@ static void append_cstr_bulk(struct kvs_buf *b, const char *s)
     (void)kvs_resp_append_bulk(b, s, strlen(s));
 }
 
+/* CLIENT SETNAME and HELLO SETNAME: name the connection (an empty name clears it); on a bad
+ * name or no memory reply with the error and return false. */
+static bool conn_setname_or_reply(struct req *req, const struct kvs_resp_arg *a)
+{
+    struct conn *c = req->conn;
+    char *name = NULL;
+
+    for (size_t i = 0; i < a->len; i++) {
+        if (a->p[i] <= ' ' || a->p[i] > '~') {
+            reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
+                             "characters.");
+            return false;
+        }
+    }
+    if (a->len > 0) {
+        name = malloc(a->len + 1);
+        if (name == NULL) {
+            reply_error(req, "ERR out of memory");
+            return false;
+        }
+        memcpy(name, a->p, a->len);
+        name[a->len] = '\0';
+    }
+    free(c->name);
+    c->name = name;
+    return true;
+}
+
 static void cmd_hello(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
 {
+    const struct kvs_resp_arg *setname = NULL;
     struct kvs_buf *b;
     size_t i = 2;
     int64_t ver = 2;
@@ -369,23 +412,15 @@ static void cmd_hello(struct shard *sh, struct req *req, size_t argc, struct kvs
         if (arg_is(&argv[i], "AUTH") && i + 2 < argc) {
             i += 2; /* no authentication configured: any credentials are accepted */
         } else if (arg_is(&argv[i], "SETNAME") && i + 1 < argc) {
-            char *name = malloc(argv[i + 1].len + 1);
-
-            if (name == NULL) {
-                reply_error(req, "ERR out of memory");
-                return;
-            }
-            memcpy(name, argv[i + 1].p, argv[i + 1].len);
-            name[argv[i + 1].len] = '\0';
-            free(req->conn->name);
-            req->conn->name = name;
-            i++;
+            setname = &argv[++i]; /* applied once every option parsed */
         } else {
             (void)kvs_resp_append_errorf(out(req), "ERR Syntax error in HELLO option '%.*s'",
                                          (int)(argv[i].len > 128 ? 128 : argv[i].len), argv[i].p);
             return;
         }
     }
+    if (setname != NULL && !conn_setname_or_reply(req, setname))
+        return;
     b = out(req);
     (void)kvs_resp_append_array(b, 14);
     append_cstr_bulk(b, "server");
@@ -417,27 +452,8 @@ static void cmd_client(struct shard *sh, struct req *req, size_t argc, struct kv
         else
             (void)kvs_resp_append_null(out(req));
     } else if (arg_is(&argv[1], "SETNAME") && argc == 3) {
-        char *name;
-
-        for (size_t i = 0; i < argv[2].len; i++) {
-            if (argv[2].p[i] <= ' ' || argv[2].p[i] > '~') {
-                reply_error(req, "ERR Client names cannot contain spaces, newlines or special "
-                                 "characters.");
-                return;
-            }
-        }
-        name = malloc(argv[2].len + 1);
-        if (name == NULL) {
-            reply_error(req, "ERR out of memory");
-            return;
-        }
-        memcpy(name, argv[2].p, argv[2].len);
-        name[argv[2].len] = '\0';
-        free(c->name);
-        c->name = argv[2].len > 0 ? name : NULL;
-        if (argv[2].len == 0)
-            free(name);
-        (void)kvs_resp_append_ok(out(req));
+        if (conn_setname_or_reply(req, &argv[2]))
+            (void)kvs_resp_append_ok(out(req));
     } else if (arg_is(&argv[1], "SETINFO") && argc == 4) {
         if (!arg_is(&argv[2], "LIB-NAME") && !arg_is(&argv[2], "LIB-VER")) {
             (void)kvs_resp_append_errorf(out(req), "ERR Unrecognized option '%.*s'",
@@ -647,22 +663,24 @@ static void cmd_exists(struct shard *sh, struct req *req, size_t argc, struct kv
 static void finish_mget(struct shard *sh, struct req *req)
 {
     struct kvs_buf *b = out(req);
-    int err = first_error(req);
+    size_t mark = b->len;
+    int err = first_error(req), rc;
 
     (void)sh;
     if (err != 0) {
         reply_status_error(req, err);
         return;
     }
-    (void)kvs_resp_append_array(b, req->nops);
-    for (unsigned i = 0; i < req->nops; i++) {
+    rc = kvs_resp_append_array(b, req->nops);
+
+    for (unsigned i = 0; i < req->nops && rc >= 0; i++) {
         const struct op *op = req->ops[i];
 
-        if (op->status == 0)
-            (void)kvs_resp_append_bulk(b, op->rval, op->rlen);
-        else
-            (void)kvs_resp_append_null(b);
+        rc =
+            op->status == 0 ? kvs_resp_append_bulk(b, op->rval, op->rlen) : kvs_resp_append_null(b);
     }
+    if (rc < 0)
+        reply_oom_since(req, mark);
 }
 
 static void cmd_mget(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
@@ -759,7 +777,7 @@ static void cmd_incrby(struct shard *sh, struct req *req, size_t argc, struct kv
 
     (void)argc;
     if (!cmd_parse_i64(argv[2].p, argv[2].len, &d)) {
-        reply_error(req, "ERR value is not an integer or out of range");
+        reply_status_error(req, OP_ENOTINT);
         return;
     }
     incr_generic(sh, req, &argv[1], d);
@@ -771,7 +789,7 @@ static void cmd_decrby(struct shard *sh, struct req *req, size_t argc, struct kv
 
     (void)argc;
     if (!cmd_parse_i64(argv[2].p, argv[2].len, &d)) {
-        reply_error(req, "ERR value is not an integer or out of range");
+        reply_status_error(req, OP_ENOTINT);
         return;
     }
     if (d == INT64_MIN) {
@@ -830,24 +848,20 @@ static void cmd_time(struct shard *sh, struct req *req, size_t argc, struct kvs_
 
 /* ---- keyspace commands ---- */
 
-static void finish_dbsize(struct shard *sh, struct req *req)
-{
-    finish_sum(sh, req);
-}
-
 static void cmd_dbsize(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
 {
     (void)argc;
     (void)argv;
     if (add_all_shards(sh, req, OP_DBSIZE, NULL, 0))
-        req_dispatch(sh, req, finish_dbsize);
+        req_dispatch(sh, req, finish_sum);
 }
 
 static void finish_keys(struct shard *sh, struct req *req)
 {
     struct kvs_buf *b = out(req);
+    size_t mark = b->len;
     uint64_t n = 0;
-    int err = first_error(req);
+    int err = first_error(req), rc;
 
     (void)sh;
     if (err != 0) {
@@ -856,27 +870,34 @@ static void finish_keys(struct shard *sh, struct req *req)
     }
     for (unsigned i = 0; i < req->nops; i++)
         n += req->ops[i]->rcount;
-    (void)kvs_resp_append_array(b, n);
+    rc = kvs_resp_append_array(b, n);
     /* Each shard sent its keys already encoded as bulk strings. */
-    for (unsigned i = 0; i < req->nops; i++)
+    for (unsigned i = 0; i < req->nops && rc >= 0; i++)
         if (req->ops[i]->rlen > 0)
-            (void)kvs_buf_append(b, req->ops[i]->rval, req->ops[i]->rlen);
+            rc = kvs_buf_append(b, req->ops[i]->rval, req->ops[i]->rlen);
+    if (rc < 0)
+        reply_oom_since(req, mark);
 }
 
 static void cmd_keys(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
 {
-    (void)argc;
-    /* "*" matches everything: send no pattern so the owners skip matching. */
+    /* "*" matches everything: send no pattern so the owners skip matching. An empty pattern
+     * is a pattern (it matches the empty key), hence OPF_MATCH rather than a length test. */
     bool all = argv[1].len == 1 && argv[1].p[0] == '*';
 
-    if (add_all_shards(sh, req, OP_KEYS, argv[1].p, all ? 0 : argv[1].len))
-        req_dispatch(sh, req, finish_keys);
+    (void)argc;
+    if (!add_all_shards(sh, req, OP_KEYS, argv[1].p, all ? 0 : argv[1].len))
+        return;
+    for (unsigned i = 0; i < req->nops && !all; i++)
+        req->ops[i]->flags |= OPF_MATCH;
+    req_dispatch(sh, req, finish_keys);
 }
 
 static void finish_scan(struct shard *sh, struct req *req)
 {
     const struct op *op = req->ops[0];
     struct kvs_buf *b = out(req);
+    size_t mark = b->len;
     unsigned n = sh->srv->nshards;
     uint64_t next;
     char num[24];
@@ -893,11 +914,10 @@ static void finish_scan(struct shard *sh, struct req *req)
     else
         next = op->cursor * n + op->owner;
     len = snprintf(num, sizeof(num), "%" PRIu64, next);
-    (void)kvs_resp_append_array(b, 2);
-    (void)kvs_resp_append_bulk(b, num, (size_t)len);
-    (void)kvs_resp_append_array(b, op->rcount);
-    if (op->rlen > 0)
-        (void)kvs_buf_append(b, op->rval, op->rlen);
+    if (kvs_resp_append_array(b, 2) < 0 || kvs_resp_append_bulk(b, num, (size_t)len) < 0 ||
+        kvs_resp_append_array(b, op->rcount) < 0 ||
+        (op->rlen > 0 && kvs_buf_append(b, op->rval, op->rlen) < 0))
+        reply_oom_since(req, mark);
 }
 
 static void cmd_scan(struct shard *sh, struct req *req, size_t argc, struct kvs_resp_arg *argv)
@@ -917,7 +937,7 @@ static void cmd_scan(struct shard *sh, struct req *req, size_t argc, struct kvs_
             match = &argv[++i];
         } else if (arg_is(&argv[i], "COUNT") && i + 1 < argc) {
             if (!cmd_parse_i64(argv[i + 1].p, argv[i + 1].len, &count)) {
-                reply_error(req, "ERR value is not an integer or out of range");
+                reply_status_error(req, OP_ENOTINT);
                 return;
             }
             if (count < 1) {
@@ -933,8 +953,13 @@ static void cmd_scan(struct shard *sh, struct req *req, size_t argc, struct kvs_
             return;
         }
     }
-    if (cursor / n > UINT64_MAX / n) {
-        reply_error(req, "ERR invalid cursor");
+    if (no_keys) {
+        /* A type no key has: nothing to walk, the scan is done at once. */
+        struct kvs_buf *b = out(req);
+
+        (void)kvs_resp_append_array(b, 2);
+        (void)kvs_resp_append_bulk(b, "0", 1);
+        (void)kvs_resp_append_array(b, 0);
         return;
     }
     if (match != NULL && match->len == 1 && match->p[0] == '*')
@@ -945,18 +970,10 @@ static void cmd_scan(struct shard *sh, struct req *req, size_t argc, struct kvs_
         reply_error(req, "ERR out of memory");
         return;
     }
+    if (match != NULL)
+        op->flags |= OPF_MATCH;
     op->cursor = cursor / n;
     op->arg = count > 1000000 ? 1000000 : count;
-    if (no_keys) {
-        /* A type no key has: walk the cursor with a pattern nothing matches is not needed;
-         * answer "done" at once. */
-        struct kvs_buf *b = out(req);
-
-        (void)kvs_resp_append_array(b, 2);
-        (void)kvs_resp_append_bulk(b, "0", 1);
-        (void)kvs_resp_append_array(b, 0);
-        return;
-    }
     req_dispatch(sh, req, finish_scan);
 }
 
@@ -1242,11 +1259,6 @@ static const struct cmd cmd_table[] = {
 };
 
 #define NCMDS (sizeof(cmd_table) / sizeof(cmd_table[0]))
-
-size_t cmd_count(void)
-{
-    return NCMDS;
-}
 
 static const struct cmd *cmd_lookup(const char *name, size_t len)
 {

@@ -339,7 +339,7 @@ static void keys_visit(void *ctx, const void *key, size_t klen)
 
     if (kc->err != 0)
         return;
-    if (op->klen > 0 && !cmd_glob_match(op->key, op->klen, key, klen, false))
+    if ((op->flags & OPF_MATCH) && !cmd_glob_match(op->key, op->klen, key, klen, false))
         return;
     if (kvs_resp_append_bulk(&kc->out, key, klen) < 0) {
         kc->err = -ENOMEM;

@@ -63,9 +63,10 @@ enum op_kind {
     OP_COMPACT, /* status 0 or -EBUSY */
 };
 
-#define OPF_NX  1u
-#define OPF_XX  2u
-#define OPF_GET 4u
+#define OPF_NX    1u
+#define OPF_XX    2u
+#define OPF_GET   4u
+#define OPF_MATCH 8u /* OP_KEYS, OP_SCAN: only keys matching the pattern in key/klen */
 
 /* Op results beyond the engine's codes. */
 #define OP_ENOTINT   (-5000) /* the value is not an integer */
@@ -272,11 +273,5 @@ bool cmd_glob_match(const char *pat, size_t plen, const char *str, size_t slen, 
 /* cmd_parse_i64 - strict decimal integer as Redis accepts it (no spaces, no '+', no leading
  * zeros). Returns true and fills *out on success. */
 bool cmd_parse_i64(const char *s, size_t len, int64_t *out);
-
-/* cmd_count - number of commands in the table (COMMAND COUNT). */
-size_t cmd_count(void);
-
-/* cmd_error_text - reply text for an op result status (without "-"). */
-const char *cmd_error_text(int status);
 
 #endif

@@ -65,6 +65,21 @@ def test_commands(port):
         raise AssertionError("unknown")
     except redis.ResponseError as e:
         check(str(e) == "unknown command 'FOO', with args beginning with: 'a' 'b' ", str(e))
+    # An empty pattern is a pattern: it matches only the empty key.
+    check(r.set("", "e") and r.set("a", "x"), "SET of the empty key")
+    check(r.keys("") == [b""], f"KEYS '': {r.keys('')}")
+    check(set(r.scan_iter(match="")) == {b""}, "SCAN MATCH ''")
+    check(set(r.keys("*")) >= {b"", b"a"}, "KEYS *")
+    # HELLO SETNAME checks the name like CLIENT SETNAME, and changes nothing on an error.
+    for bad in (["HELLO", "2", "SETNAME", "a b"], ["HELLO", "2", "SETNAME", "ok", "BOGUS"]):
+        try:
+            r.execute_command(*bad)
+            raise AssertionError(f"{bad} must fail")
+        except redis.ResponseError:
+            pass
+        check(r.client_getname() == "me", f"name changed by a failed {bad}")
+    r.execute_command("HELLO", "2", "SETNAME", "")
+    check(r.client_getname() is None, "HELLO SETNAME '' clears the name")
     check(r.flushall() and r.dbsize() == 0, "FLUSHALL")
 
 
