@@ -70,6 +70,7 @@ struct kvs_ring {
     unsigned inflight;
     bool dispatching;
     struct io_uring_sqe *last_sqe;
+    bool in_chain; /* last_sqe is linked to the next op, which must join its submission */
     /* Sparse registered-buffer table; used[i] tells whether index i holds a buffer. */
     bool *fixed_used;
     unsigned nfixed;
@@ -149,14 +150,28 @@ static void slot_release(struct kvs_ring *r, uint32_t idx)
 
 static struct io_uring_sqe *get_sqe(struct kvs_ring *r)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
+    struct io_uring_sqe *sqe;
 
+    /* Making room submits what is queued, and a link chain split across two submissions is
+     * no chain: the kernel runs its first half as if unlinked. So an op that may start a
+     * chain gets room for a whole one first; ops inside a chain then always find an SQE. */
+    if (!r->in_chain && io_uring_sq_space_left(&r->uring) < KVS_RING_MAX_CHAIN)
+        (void)io_uring_submit(&r->uring);
+    sqe = io_uring_get_sqe(&r->uring);
     if (sqe == NULL) {
-        /* The SQ is full: hand what is queued to the kernel to make room. */
         (void)io_uring_submit(&r->uring);
         sqe = io_uring_get_sqe(&r->uring);
     }
     return sqe;
+}
+
+/* The op after kvs_ring_link() could not be prepared: unlink the one before it, or the next
+ * unrelated op would be chained behind it (and cancelled if it fails). */
+static void chain_broken(struct kvs_ring *r)
+{
+    if (r->in_chain && r->last_sqe != NULL)
+        r->last_sqe->flags &= (__u8)~IOSQE_IO_LINK;
+    r->in_chain = false;
 }
 
 /*
@@ -168,11 +183,14 @@ static int begin(struct kvs_ring *r, kvs_ring_cb_fn cb, void *ctx, enum slot_sta
 {
     int idx = slot_alloc(r, cb, ctx, state);
 
-    if (idx < 0)
+    if (idx < 0) {
+        chain_broken(r);
         return idx;
+    }
     *sqep = get_sqe(r);
     if (*sqep == NULL) {
         slot_release(r, (uint32_t)idx);
+        chain_broken(r);
         return -EBUSY;
     }
     return idx;
@@ -182,6 +200,7 @@ static int finish(struct kvs_ring *r, struct io_uring_sqe *sqe, int idx)
 {
     io_uring_sqe_set_data64(sqe, slot_tag(r, (uint32_t)idx));
     r->last_sqe = sqe;
+    r->in_chain = false; /* until kvs_ring_link() links it to the next */
     r->inflight++;
     return idx;
 }
@@ -510,6 +529,7 @@ void kvs_ring_link(struct kvs_ring *r)
 {
     assert(r->last_sqe != NULL);
     r->last_sqe->flags |= IOSQE_IO_LINK;
+    r->in_chain = true;
 }
 
 int kvs_ring_watch(struct kvs_ring *r, kvs_ring_cb_fn cb, void *ctx)

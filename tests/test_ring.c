@@ -162,6 +162,44 @@ static void test_ring_failed_link_cancels_next(void)
     kvs_ring_free(r);
 }
 
+/*
+ * A link chain never straddles a submission: with one free SQE left, the ring submits what
+ * is queued before the chain's first op, so the kernel sees write and fsync together and the
+ * failed write still cancels the fsync (split across two submissions, the fsync would run
+ * on its own and succeed).
+ */
+static void test_ring_link_chain_not_split_by_a_full_sq(void)
+{
+    struct kvs_ring_options o = {.entries = 8};
+    struct kvs_ring *r = NULL;
+    struct result t[7], w = {0}, s = {0};
+    char *dir = NULL;
+    int fd = open_tmpfile(&dir), ops[7];
+
+    CU_ASSERT_FATAL(kvs_ring_new(&o, &r) == 0);
+    memset(t, 0, sizeof(t));
+    for (int i = 0; i < 7; i++) {
+        ops[i] = kvs_ring_timeout(r, 3600ULL * 1000000000ULL, on_done, &t[i]);
+        CU_ASSERT_FATAL(ops[i] >= 0);
+    }
+    CU_ASSERT(kvs_ring_write(r, -1, "x", 1, 0, on_done, &w) >= 0);
+    kvs_ring_link(r);
+    CU_ASSERT(kvs_ring_fsync(r, fd, true, on_done, &s) >= 0);
+    CU_ASSERT(kvs_ring_run_until(r, &s.done) == 0);
+    CU_ASSERT(kvs_ring_run_until(r, &w.done) == 0);
+    CU_ASSERT_EQUAL(w.res, -EBADF);
+    CU_ASSERT_EQUAL(s.res, -ECANCELED);
+    for (int i = 0; i < 7; i++) {
+        CU_ASSERT(kvs_ring_cancel(r, ops[i], NULL, NULL) >= 0);
+        CU_ASSERT(kvs_ring_run_until(r, &t[i].done) == 0);
+        CU_ASSERT_EQUAL(t[i].res, -ECANCELED);
+    }
+    CU_ASSERT_EQUAL(kvs_ring_inflight(r), 0);
+    close(fd);
+    kvs_ring_free(r);
+    tutil_rmtree(dir);
+}
+
 static void test_ring_timeout_fires_and_cancel_stops_it(void)
 {
     struct kvs_ring *r = new_ring();
@@ -378,6 +416,8 @@ void test_ring_register(void)
     CU_add_test(s, "test_ring_fixed_write_linked_to_fdatasync",
                 test_ring_fixed_write_linked_to_fdatasync);
     CU_add_test(s, "test_ring_failed_link_cancels_next", test_ring_failed_link_cancels_next);
+    CU_add_test(s, "test_ring_link_chain_not_split_by_a_full_sq",
+                test_ring_link_chain_not_split_by_a_full_sq);
     CU_add_test(s, "test_ring_directory_ops_open_rename_sync_unlink",
                 test_ring_directory_ops_open_rename_sync_unlink);
     CU_add_test(s, "test_ring_timeout_fires_and_cancel_stops_it",

@@ -126,8 +126,12 @@ int kvs_ring_cancel_fd(struct kvs_ring *r, int fd, kvs_ring_cb_fn cb, void *ctx)
 /*
  * kvs_ring_link - link the op prepared last to the next one (IOSQE_IO_LINK): the next starts
  * only after it succeeds, and fails with -ECANCELED if it does not. Used for WRITE_FIXED then
- * fdatasync. Must be called right after preparing the op, before preparing the next.
+ * fdatasync. Must be called right after preparing the op, before preparing the next. A chain
+ * has at most KVS_RING_MAX_CHAIN ops: the ring keeps that many SQEs free before an op that
+ * may start one, so that a chain is never split across two submissions. If preparing the
+ * next op fails, the link is taken back.
  */
+#define KVS_RING_MAX_CHAIN 4
 void kvs_ring_link(struct kvs_ring *r);
 
 /*
