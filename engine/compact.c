@@ -508,6 +508,13 @@ static int fin_drop_inputs(struct compaction *cp)
         store_seg_name(cp->names[cp->nnames++], sizeof(cp->names[0]), s->id, "seg");
         store_seg_name(cp->names[cp->nnames++], sizeof(cp->names[0]), s->id, "hint");
         s->refs--;
+        if (e->active->prev == s) {
+            /* The active segment's first batch would have synced s first (everysec); with s
+             * deleted that order is moot, and the reference would keep its blocks allocated
+             * until the next write. */
+            e->active->prev = NULL;
+            s->refs--;
+        }
         store_seg_remove(e, s);
     }
     KVS_DEBUG("engine %s: compaction removed %zu segments", e->dir, cp->nin);

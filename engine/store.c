@@ -541,14 +541,18 @@ static bool hint_io(struct hint_op *op)
     struct seg *s = op->seg;
     int rc;
 
-    if (e->opt.fsync != KVS_FSYNC_NEVER && s->unsynced) {
-        /* The hint must never describe bytes that are not durable: sync the segment first. */
+    if (e->opt.fsync != KVS_FSYNC_NEVER) {
+        /* The hint must never describe bytes that are not durable: sync the segment first,
+         * always (an fdatasync already started, e.g. a presync, may not cover the last
+         * batch; one that finds nothing to flush is cheap). */
         rc = kvs_ring_fsync(e->ring, s->fd, true, hint_sync_cb, op);
-        if (rc >= 0) {
-            op->pending++;
-            s->unsynced = false;
-            kvs_ring_link(e->ring);
+        if (rc < 0) {
+            op->wres = rc;
+            return false;
         }
+        op->pending++;
+        s->unsynced = false;
+        kvs_ring_link(e->ring);
     }
     rc = kvs_ring_write(e->ring, op->fd, op->hb->data, op->hb->len, 0, hint_write_cb, op);
     if (rc < 0)
@@ -590,6 +594,13 @@ int store_write_hint(struct kvs_engine *e, struct seg *s)
     s->hint = NULL;
     if (hb == NULL)
         return 0;
+    if (e->failed) {
+        /* After a failed write or sync the segment's bytes are of unknown durability: a hint
+         * would let the next open trust them without a checksum scan. */
+        hint_fini(hb);
+        free(hb);
+        return KVS_EFAILED;
+    }
     rc = hint_finish(hb, s->id, s->size);
     if (rc < 0)
         goto err;

@@ -987,9 +987,11 @@ static void conn_close(struct conn *c)
     conn_stop_recv(c);
     if (c->send_inflight)
         (void)kvs_ring_cancel(sh->ring, c->send_op, NULL, NULL);
-    /* The ring holds its own reference to the file while ops on it are in flight, so the
-     * descriptor can be closed at once; ops are cancelled by id, never by fd, so a new
-     * connection reusing the number is safe. */
+    /* Ops the kernel has already taken hold their own reference to the socket, but queued
+     * ones name only the fd number, resolved at submission: a re-armed recv or the rest of a
+     * short send still in the SQ would act on whatever file gets the number next (another
+     * client's socket). Hand them to the kernel first; then the number can go. */
+    (void)kvs_ring_submit(sh->ring);
     close(c->fd);
     c->fd = -1;
     if (c->prev != NULL)

@@ -5,6 +5,7 @@
  * compaction interleaves with async gets, sets and removes on the ring; automatic trigger;
  * records larger than a compaction step; newest-wins by sequence number after compaction.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -572,6 +573,50 @@ static void test_compact_rate_close_cancels_the_wait(void)
     tutil_rmtree(dir);
 }
 
+/* Open fds of this process on deleted segment files (blocks still allocated). */
+static int deleted_segment_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    int n = 0;
+
+    CU_ASSERT_FATAL(d != NULL);
+    while ((de = readdir(d)) != NULL) {
+        char path[300], target[512];
+        ssize_t len;
+
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+        len = readlink(path, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        n += strstr(target, ".seg (deleted)") != NULL;
+    }
+    closedir(d);
+    return n;
+}
+
+/* everysec (the default): an explicit compaction on an idle store rotates, and the new active
+ * segment has no batch yet that would sync the old one; once the old one is compacted away
+ * its file must really go, not stay open until the next write. */
+static void test_compact_everysec_idle_frees_inputs(void)
+{
+    char *dir = tutil_mkdtemp("evidle");
+    struct kvs_engine_options opt;
+    struct kvs_engine *e;
+
+    small_opts(&opt);
+    opt.fsync = KVS_FSYNC_EVERYSEC;
+    e = tutil_open(dir, &opt);
+    write_rounds(e, 30);
+    CU_ASSERT_EQUAL(kvs_engine_compact(e), 0);
+    CU_ASSERT_EQUAL(deleted_segment_fds(), 0);
+    expect_round(e, 29);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    reopen_expect_round(dir, &opt, 29);
+    tutil_rmtree(dir);
+}
+
 static void test_compact_finish_chain_runs_in_ring_steps(void)
 {
     char *dir = tutil_mkdtemp("finchain");
@@ -890,6 +935,8 @@ void test_compact_register(void)
     CU_pSuite s = CU_add_suite("compact", NULL, NULL);
 
     CU_add_test(s, "test_compact_rate_limited_same_result", test_compact_rate_limited_same_result);
+    CU_add_test(s, "test_compact_everysec_idle_frees_inputs",
+                test_compact_everysec_idle_frees_inputs);
     CU_add_test(s, "test_compact_rate_close_cancels_the_wait",
                 test_compact_rate_close_cancels_the_wait);
     CU_add_test(s, "test_compact_overwrites_shrink_directory",
