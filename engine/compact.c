@@ -73,6 +73,7 @@ struct compaction {
     /* The finish chain (enum fin_stage): stage, first error, sync error of a linked pair. */
     int fin, fres, syncerr;
     int mergefd;
+    bool keep_merge; /* an input's unlink failed: MERGE stays so that open removes it */
     uint8_t *merge;
     size_t mlen;
     char (*names)[32]; /* inputs' .seg and .hint names, for the unlinks */
@@ -558,7 +559,11 @@ static void fin_next(struct compaction *cp)
             rc = fin_stage(cp, FIN_UNLINK);
         break;
     case FIN_UNLINK:
-        /* A failed unlink leaves a dead file that the marker names; open deletes it. */
+        /* A failed unlink leaves a dead file that the marker names: MERGE must stay, or the
+         * file's values of removed keys (their tombstones are gone) would come back at the
+         * next open. That open removes it (or refuses to start, naming it). */
+        if (rc < 0)
+            cp->keep_merge = true;
         rc = fin_stage(cp, FIN_DIRSYNC2);
         break;
     case FIN_DIRSYNC2:
@@ -568,6 +573,14 @@ static void fin_next(struct compaction *cp)
             break;
         }
         e->st.fsyncs++;
+        if (cp->keep_merge) {
+            KVS_WARN("engine %s: compaction left old files behind; MERGE stays and the next "
+                     "open removes them",
+                     e->dir);
+            e->st.compactions++;
+            complete(cp, 0);
+            return;
+        }
         rc = fin_stage(cp, FIN_UNMERGE);
         break;
     case FIN_UNMERGE:
@@ -611,10 +624,11 @@ static void fin_cb(void *ctx, int res, uint32_t flags)
     if ((cp->fin == FIN_WRITE || cp->fin == FIN_RENAME) && cp->pending == 1 && res < 0 &&
         res != -ECANCELED)
         cp->syncerr = res;
-    if (cp->fin == FIN_UNLINK && res < 0 && res != -ENOENT)
+    if (cp->fin == FIN_UNLINK && res < 0 && res != -ENOENT) {
         KVS_WARN("engine %s: compaction could not unlink an old file: %s", cp->e->dir,
                  kvs_strerror(res));
-    else if (res < 0 && cp->fres == 0 && cp->fin != FIN_UNLINK)
+        cp->keep_merge = true;
+    } else if (res < 0 && cp->fres == 0 && cp->fin != FIN_UNLINK)
         cp->fres = res;
     if (--cp->pending == 0)
         fin_next(cp);

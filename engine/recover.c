@@ -305,7 +305,7 @@ static int finish_merge(struct kvs_engine *e)
     uint8_t *buf = NULL;
     struct stat st;
     int64_t n;
-    int fd;
+    int fd, rc;
 
     fd = openat(e->dirfd, "MERGE", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -314,13 +314,19 @@ static int finish_merge(struct kvs_engine *e)
         buf = malloc((size_t)st.st_size);
         if (buf != NULL && store_ring_pread(e, fd, buf, (size_t)st.st_size, 0) == st.st_size &&
             (n = merge_check(buf, (size_t)st.st_size)) >= 0) {
-            for (uint32_t i = 0; i < (uint32_t)n; i++) {
+            for (uint32_t i = 0; i < 2 * (uint32_t)n; i++) {
                 char name[32];
 
-                store_seg_name(name, sizeof(name), merge_id(buf, i), "seg");
-                (void)unlinkat(e->dirfd, name, 0);
-                store_seg_name(name, sizeof(name), merge_id(buf, i), "hint");
-                (void)unlinkat(e->dirfd, name, 0);
+                store_seg_name(name, sizeof(name), merge_id(buf, i / 2), i % 2 ? "hint" : "seg");
+                if (unlinkat(e->dirfd, name, 0) < 0 && errno != ENOENT) {
+                    /* Loading it would bring back values of removed keys: refuse to open. */
+                    rc = -errno;
+                    KVS_ERROR("engine %s: cannot remove %s left by a compaction: %s", e->dir, name,
+                              kvs_strerror(rc));
+                    free(buf);
+                    close(fd);
+                    return rc;
+                }
             }
             KVS_INFO("engine %s: finished an interrupted compaction (%lld old segments removed)",
                      e->dir, (long long)n);

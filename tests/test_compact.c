@@ -166,6 +166,8 @@ static void spill(const char *dir, const char *name, const void *buf, size_t len
     close(fd);
 }
 
+static bool dir_has(const char *dir, const char *name);
+
 static void test_compact_removed_key_never_resurrects(void)
 {
     char *dir = tutil_mkdtemp("resurrect");
@@ -216,6 +218,27 @@ static void test_compact_removed_key_never_resurrects(void)
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     CU_ASSERT_PTR_NULL(slurp(dir, "000001.seg", &len1));
     CU_ASSERT_PTR_NULL(slurp(dir, "MERGE", &mlen));
+
+    /* Open cannot remove a file the marker names (here a directory in its place): it refuses
+     * to start and keeps MERGE, instead of loading what it could not delete. */
+    {
+        struct kvs_engine *bad = NULL;
+        char path[512];
+
+        snprintf(path, sizeof(path), "%s/000001.seg", dir);
+        CU_ASSERT_FATAL(mkdir(path, 0755) == 0);
+        spill(dir, "MERGE", marker, mlen);
+        CU_ASSERT(kvs_engine_open(dir, &opt, &bad, NULL, 0) < 0);
+        CU_ASSERT_PTR_NULL(bad);
+        CU_ASSERT(dir_has(dir, "MERGE"));
+        CU_ASSERT(rmdir(path) == 0);
+        spill(dir, "000001.seg", seg1, len1);
+        e = tutil_open(dir, &opt);
+        CU_ASSERT(is_missing(e, "victim"));
+        CU_ASSERT_EQUAL(kvs_engine_count(e), 40);
+        CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+        CU_ASSERT_FALSE(dir_has(dir, "MERGE"));
+    }
     free(marker);
     free(seg1);
     free(seg2);
