@@ -65,9 +65,11 @@ struct compaction {
     char next_name[32];
     bool need_rotate; /* an explicit compaction waits for the spare segment to rotate into */
 
-    /* compact_rate: input bytes read since t0 (CLOCK_MONOTONIC ns, 0 until the first read). */
-    uint64_t t0, read_bytes;
-    int throttle_op; /* the pending throttle timeout, or -1 */
+    /* compact_rate, a token bucket of at most one step: bytes that may be read now (negative
+     * after a record larger than a step), refilled at compact_rate from last_ns. */
+    double tokens;
+    uint64_t last_ns; /* CLOCK_MONOTONIC; 0 until the first read */
+    int throttle_op;  /* the pending throttle timeout, or -1 */
     bool throttle_cancelled;
 
     /* The finish chain (enum fin_stage): stage, first error, sync error of a linked pair. */
@@ -825,7 +827,8 @@ static void read_cb(void *ctx, int res, uint32_t flags)
             fail(cp, -ENOMEM);
             return;
         }
-        cp->read_bytes += record_size(cp->bigh.klen, cp->bigh.vlen); /* for throttle() */
+        /* Charged to the bucket: the next step waits until it is paid off. */
+        cp->tokens -= (double)record_size(cp->bigh.klen, cp->bigh.vlen);
         rc = kvs_ring_read(e->ring, s->fd, cp->big,
                            (size_t)record_size(cp->bigh.klen, cp->bigh.vlen), cp->in_off,
                            big_read_cb, cp);
@@ -889,33 +892,37 @@ static void throttle_cb(void *ctx, int res, uint32_t flags)
 }
 
 /*
- * throttle - with compact_rate set, may the next want input bytes be read now? If not, a ring
- * timeout resumes the step when they may (returns true). The budget starts with one step's
- * worth and grows by compact_rate per second from the first read, so compaction's reads (and
- * therefore its writes and the discards of the inputs it frees) average at most compact_rate
- * and leave the rest of the disk's bandwidth to the log.
+ * throttle - with compact_rate set, may the next want (<= one step) input bytes be read now?
+ * If not, a ring timeout resumes the step when they may (returns true). A token bucket that
+ * holds at most one step's worth: reads (and therefore compaction's writes and the discards
+ * of the inputs it frees) average at most compact_rate, time spent elsewhere (syncs, index
+ * switches) earns no burst, and the rest of the disk's bandwidth stays with the log.
  */
 static bool throttle(struct compaction *cp, uint64_t want)
 {
     struct kvs_engine *e = cp->e;
     uint64_t now, rate = e->opt.compact_rate;
-    double allowed, wait_ns;
+    double wait_ns;
 
     if (rate == 0)
         return false;
     now = mono_ns();
-    if (cp->t0 == 0)
-        cp->t0 = now;
-    allowed = (double)(now - cp->t0) * (double)rate / 1e9 + (double)cp->cap;
-    if ((double)(cp->read_bytes + want) <= allowed) {
-        cp->read_bytes += want;
+    if (cp->last_ns == 0)
+        cp->tokens = (double)cp->cap;
+    else
+        cp->tokens += (double)(now - cp->last_ns) * (double)rate / 1e9;
+    if (cp->tokens > (double)cp->cap)
+        cp->tokens = (double)cp->cap;
+    cp->last_ns = now;
+    if (cp->tokens >= (double)want) {
+        cp->tokens -= (double)want;
         return false;
     }
-    wait_ns = ((double)(cp->read_bytes + want) - allowed) * 1e9 / (double)rate;
+    wait_ns = ((double)want - cp->tokens) * 1e9 / (double)rate;
     cp->throttle_op = kvs_ring_timeout(e->ring, (uint64_t)wait_ns + 1, throttle_cb, cp);
     if (cp->throttle_op < 0) {
         cp->throttle_op = -1;
-        cp->read_bytes += want; /* out of ring slots: go on unthrottled rather than stall */
+        cp->tokens -= (double)want; /* out of ring slots: go on rather than stall */
         return false;
     }
     e->st.compact_throttles++;
