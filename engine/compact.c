@@ -160,8 +160,22 @@ static void fail(struct compaction *cp, int err)
 /* A record of the current input failed its checks: name it and stop (inputs stay). */
 static void corrupt(struct compaction *cp, uint64_t off)
 {
-    KVS_ERROR("engine %s: %06u.seg: corrupt record at offset %llu found by compaction", cp->e->dir,
-              cp->in[cp->cur]->id, (unsigned long long)off);
+    struct seg *s = cp->in[cp->cur];
+
+    KVS_ERROR("engine %s: %06u.seg: corrupt record at offset %llu found by compaction; "
+              "automatic compaction is off until an explicit one or a reopen",
+              cp->e->dir, s->id, (unsigned long long)off);
+    /* Otherwise the dead-bytes trigger would start the same failing copy after every batch. */
+    cp->e->compact_broken = true;
+    if (s->has_hint) {
+        /* The next open must read the segment itself (and report or, with salvage, skip the
+         * bad record) instead of trusting the hint. */
+        char name[32];
+
+        store_seg_name(name, sizeof(name), s->id, "hint");
+        store_unlink(cp->e, name);
+        s->has_hint = false;
+    }
     fail(cp, KVS_ECORRUPT);
 }
 
@@ -1096,6 +1110,8 @@ int compact_start(struct kvs_engine *e, bool rotate, kvs_engine_done_fn done, vo
 
     if (e->cp != NULL)
         return -EBUSY;
+    if (rotate)
+        e->compact_broken = false; /* an operator asked: try again (and report again) */
     if (e->failed) {
         if (done != NULL)
             done(ctx, KVS_EFAILED, NULL, 0);
@@ -1139,7 +1155,8 @@ void compact_maybe(struct kvs_engine *e)
 {
     uint64_t dead = 0, total = 0;
 
-    if (e->cp != NULL || e->failed || e->closing || e->opt.compact_min_dead == 0)
+    if (e->cp != NULL || e->failed || e->closing || e->compact_broken ||
+        e->opt.compact_min_dead == 0)
         return;
     for (size_t i = 0; i < e->nsegs; i++) {
         const struct seg *s = e->segs[i];

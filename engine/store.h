@@ -98,6 +98,8 @@ struct kvs_engine {
     unsigned inflight; /* reads, hint writes, syncs in flight (not the timer) */
 
     bool timer_armed, dirty, syncing, dir_dirty;
+    bool compact_broken; /* compaction met a corrupt record: no automatic one until an
+                            explicit compaction or a reopen */
     int timer_op;
 
     /* The next segment, created on the ring ahead of rotation (docs/design.md, "Rotation"). */

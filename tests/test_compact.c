@@ -505,7 +505,8 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* 100 keys overwritten 30 times: about 400 KiB in 64 KiB segments, 13 KiB of it live. */
+/* 100 keys overwritten 30 times, queued without ring turns: about 400 KiB, 13 KiB of it
+ * live. */
 static void write_rounds(struct kvs_engine *e, int rounds)
 {
     char key[16], val[100];
@@ -655,6 +656,66 @@ static void test_compact_everysec_idle_frees_inputs(void)
     expect_round(e, 29);
     CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     reopen_expect_round(dir, &opt, 29);
+    tutil_rmtree(dir);
+}
+
+/* A record that fails its checksum during compaction (its segment was loaded from a hint, so
+ * open did not read it) stops that compaction with KVS_ECORRUPT; the store keeps serving, and
+ * the dead-bytes trigger does not start the same failing copy again after every batch. */
+static void test_compact_corrupt_record_stops_auto_compaction(void)
+{
+    char *dir = tutil_mkdtemp("corrupt");
+    struct kvs_engine_options opt;
+    struct kvs_engine_stats st;
+    struct kvs_engine *e;
+    uint8_t *seg;
+    size_t len;
+
+    small_opts(&opt);
+    e = tutil_open(dir, &opt);
+    /* One set at a time, so the ring turns and segments rotate (each gets its hint). */
+    for (int round = 0; round < 30; round++) {
+        for (int k = 0; k < 100; k++) {
+            char key[16], val[100];
+
+            snprintf(key, sizeof(key), "key%d", k);
+            value_of(k, round, val);
+            CU_ASSERT_EQUAL_FATAL(kvs_engine_set(e, key, strlen(key), val, 100), 0);
+        }
+    }
+    CU_ASSERT_EQUAL(kvs_engine_set(e, "flush", 5, "", 0), 0);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    CU_ASSERT_FATAL(dir_has(dir, "000001.hint"));
+    seg = slurp(dir, "000001.seg", &len);
+    CU_ASSERT_FATAL(seg != NULL && len > 100);
+    seg[28 + 4 + 50] ^= 0x5a; /* inside the first record's value */
+    spill(dir, "000001.seg", seg, len);
+    free(seg);
+    opt.compact_min_dead = 1;
+    opt.compact_dead_ratio = 0.01;
+    e = tutil_open(dir, &opt); /* 000001 comes from its hint: not read */
+    CU_ASSERT_EQUAL(kvs_engine_compact(e), KVS_ECORRUPT);
+    for (int i = 0; i < 20; i++) {
+        CU_ASSERT_EQUAL(kvs_engine_set(e, "more", 4, "x", 1), 0);
+        kvs_engine_stats(e, &st);
+        CU_ASSERT_FALSE(st.compacting);
+    }
+    CU_ASSERT_EQUAL(st.compactions, 0);
+    expect_round(e, 29); /* the newest values are intact, only an old copy was damaged */
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
+    /* The bad segment's hint is gone: open reads the segment and names the bad record, and
+     * salvage then skips it and compaction succeeds. */
+    CU_ASSERT_FALSE(dir_has(dir, "000001.hint"));
+    {
+        struct kvs_engine *bad = NULL;
+
+        CU_ASSERT_EQUAL(kvs_engine_open(dir, &opt, &bad, NULL, 0), KVS_ECORRUPT);
+    }
+    opt.salvage = true;
+    e = tutil_open(dir, &opt);
+    CU_ASSERT_EQUAL(kvs_engine_compact(e), 0);
+    expect_round(e, 29);
+    CU_ASSERT_EQUAL(kvs_engine_close(e), 0);
     tutil_rmtree(dir);
 }
 
@@ -976,6 +1037,8 @@ void test_compact_register(void)
     CU_pSuite s = CU_add_suite("compact", NULL, NULL);
 
     CU_add_test(s, "test_compact_rate_limited_same_result", test_compact_rate_limited_same_result);
+    CU_add_test(s, "test_compact_corrupt_record_stops_auto_compaction",
+                test_compact_corrupt_record_stops_auto_compaction);
     CU_add_test(s, "test_compact_everysec_idle_frees_inputs",
                 test_compact_everysec_idle_frees_inputs);
     CU_add_test(s, "test_compact_rate_close_cancels_the_wait",
