@@ -1323,7 +1323,9 @@ static void get_cb(void *ctx, int res, uint32_t flags)
             res = rc;
         }
     } else if (res == 0) {
-        res = KVS_ECORRUPT; /* the index points past the end of the file */
+        /* The index points past the end of the file: a record whose write failed (visible
+         * until reopen, see store_fail), else damage. */
+        res = e->failed ? KVS_EFAILED : KVS_ECORRUPT;
     }
     e->inflight--;
     store_seg_unref(e, op->seg);

@@ -33,15 +33,16 @@
 
 /* Provided receive buffers per shard: enough for a burst from many connections at once;
  * a recv finding none left ends with -ENOBUFS and is simply re-armed. */
-#define RECV_BUFS    512
-#define RECV_BUFSZ   (16 * 1024)
-#define RECV_BGID    1
-#define INBOX_BATCH  256
-#define KEEP_BUF_MAX (64 * 1024)   /* larger per-connection buffers are freed once empty */
-#define TRIM_BIG     (4 * 1024)    /* op buffers of this size and larger count for a trim */
-#define TRIM_AFTER   (64ULL << 20) /* malloc_trim once this many such bytes were freed ... */
-#define TRIM_GAP_NS  (1000ULL * 1000 * 1000) /* ... at most once a second per shard, */
-#define TRIM_IDLE    (1ULL << 20) /* or once this many were freed and the shard idles a second */
+#define RECV_BUFS     512
+#define RECV_BUFSZ    (16 * 1024)
+#define RECV_BGID     1
+#define INBOX_BATCH   256
+#define KEEP_BUF_MAX  (64 * 1024)   /* larger per-connection buffers are freed once empty */
+#define KEEP_ARGS_MAX 1024          /* ... and larger argument arrays too */
+#define TRIM_BIG      (4 * 1024)    /* op buffers of this size and larger count for a trim */
+#define TRIM_AFTER    (64ULL << 20) /* malloc_trim once this many such bytes were freed ... */
+#define TRIM_GAP_NS   (1000ULL * 1000 * 1000) /* ... at most once a second per shard, */
+#define TRIM_IDLE     (1ULL << 20) /* or once this many were freed and the shard idles a second */
 
 /* The shard running on this thread, for the debug-build checks that shard-owned state is
  * touched only by its own thread (STYLE.md section 1). */
@@ -771,6 +772,13 @@ static void conn_process_input(struct conn *c)
     }
     /* Size the buffer once for a large request whose header has been read, so that the
      * rest arrives without reallocations (and the parser can resume where it stopped). */
+    if (c->in.len == 0 && c->argv_cap > KEEP_ARGS_MAX) {
+        /* One huge request (up to --max-args) must not pin its argument array for good. */
+        free(c->argv);
+        c->argv = NULL;
+        c->argv_cap = 0;
+        kvs_resp_request_init(&c->parser, NULL, 0);
+    }
     if (c->in.len == 0 && c->in.cap > KEEP_BUF_MAX)
         kvs_buf_fini(&c->in);
     else if (c->in.len > 0 && c->need > c->in.len)

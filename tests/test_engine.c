@@ -443,6 +443,14 @@ static void test_engine_write_error_makes_store_read_only(void)
     CU_ASSERT_EQUAL(kvs_engine_set(e, "after", 5, "no", 2), KVS_EFAILED);
     CU_ASSERT_EQUAL(kvs_engine_remove(e, "before", 6), KVS_EFAILED);
     expect_value(e, "before", 6, "ok", 2);
+    {
+        /* The failed record is still in the index but not on disk: said as such, not as a
+         * checksum error. */
+        const void *v;
+        size_t n;
+
+        CU_ASSERT_EQUAL(kvs_engine_get(e, "big", 3, &v, &n), KVS_EFAILED);
+    }
     CU_ASSERT_EQUAL(kvs_engine_close(e), KVS_EFAILED);
     /* What was acknowledged survives; the failed write left at most a torn tail. */
     e = tutil_open(dir, &opt);
