@@ -166,7 +166,7 @@ int main(int argc, char **argv)
             cfg.max_clients = (unsigned)v;
             break;
         case OPT_MAX_BULK:
-            if (!parse_size(optarg, 1ULL << 32, &v))
+            if (!parse_size(optarg, 1ULL << 32, &v) || v < 16)
                 return bad("max-bulk", optarg);
             cfg.max_bulk = (size_t)v;
             break;
@@ -181,12 +181,12 @@ int main(int argc, char **argv)
             cfg.max_inline = (size_t)v;
             break;
         case OPT_MAX_KEY:
-            if (!parse_size(optarg, 1ULL << 30, &v) || v == 0)
+            if (!parse_size(optarg, KVS_ENGINE_KEY_LIMIT, &v) || v == 0)
                 return bad("max-key", optarg);
             cfg.max_key = (uint32_t)v;
             break;
         case OPT_MAX_VALUE:
-            if (!parse_size(optarg, 1ULL << 32, &v))
+            if (!parse_size(optarg, KVS_ENGINE_VALUE_LIMIT, &v))
                 return bad("max-value", optarg);
             cfg.max_value = v;
             break;

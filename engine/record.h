@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvs/engine.h"
+
 /* Version of the directory layout, record and hint encodings (docs/format.md). */
 #define RECORD_FORMAT_VERSION 1
 
@@ -20,8 +22,8 @@
 #define RECORD_F_CLEAR   0x02u /* every record with a smaller seq is removed; klen = vlen = 0 */
 #define RECORD_F_ALL     (RECORD_F_TOMB | RECORD_F_CLEAR)
 #define RECORD_SEQ_MASK  ((UINT64_C(1) << 48) - 1) /* seqs are < 2^48 (the index keeps 48 bits) */
-#define RECORD_KEY_LIMIT (UINT32_C(16) << 20)      /* hard cap on max_key: 16 MiB */
-#define RECORD_VAL_LIMIT (UINT32_C(1) << 30)       /* hard cap on max_value: 1 GiB */
+#define RECORD_KEY_LIMIT KVS_ENGINE_KEY_LIMIT      /* hard cap on max_key */
+#define RECORD_VAL_LIMIT KVS_ENGINE_VALUE_LIMIT    /* hard cap on max_value */
 
 struct record_hdr {
     uint64_t checksum;

@@ -165,8 +165,10 @@ def test_compact_rate_throttles_and_shutdown_does_not_wait():
     """--compact-rate 1 (byte/s): the first 1 MiB compaction step runs, the next one waits, and
     SIGTERM stops the compaction at once instead of waiting for it; nothing is lost."""
     with tempfile.TemporaryDirectory() as d:
-        code, out = run_server(d, free_port(), ["--compact-rate", "12q"])
-        check(code != 0 and "bad value '12q' for --compact-rate" in out, out)
+        for flag, val in (("--compact-rate", "12q"), ("--max-key", "17m"), ("--max-key", "0"),
+                          ("--max-value", "2g"), ("--max-bulk", "8")):
+            code, out = run_server(d, free_port(), [flag, val])
+            check(code != 0 and f"bad value '{val}' for {flag}" in out, out)
         val = b"c" * (64 * 1024)
         with Server(dir=d, args=["--shards", "1", "--compact-rate", "1"]) as a:
             a.start()

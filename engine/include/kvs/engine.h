@@ -42,6 +42,10 @@ enum kvs_fsync {
 int kvs_engine_parse_fsync(const char *name, enum kvs_fsync *out);
 const char *kvs_engine_fsync_name(enum kvs_fsync policy);
 
+/* Hard caps of the record format (docs/format.md): max_key and max_value may not exceed them. */
+#define KVS_ENGINE_KEY_LIMIT   (UINT32_C(16) << 20) /* 16 MiB */
+#define KVS_ENGINE_VALUE_LIMIT (UINT32_C(1) << 30)  /* 1 GiB */
+
 struct kvs_engine_options {
     enum kvs_fsync fsync;      /* default KVS_FSYNC_EVERYSEC */
     uint64_t segment_size;     /* rotate the active segment past this; default 64 MiB */
