@@ -1651,13 +1651,16 @@ static int check_format(struct kvs_engine *e, char *errbuf, size_t errlen)
         }
         /* New store: write the format file once, durably, before any segment exists. */
         format_encode(buf);
+        errno = 0; /* a short write sets none: the ENOENT of the first openat must not show */
         fd = openat(e->dirfd, FORMAT_NAME ".tmp", O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
         if (fd < 0 || write(fd, buf, FORMAT_FILE_SIZE) != FORMAT_FILE_SIZE || fsync(fd) != 0 ||
             renameat(e->dirfd, FORMAT_NAME ".tmp", e->dirfd, FORMAT_NAME) != 0) {
             rc = errno ? -errno : -EIO;
             errf(errbuf, errlen, "%s/%s: cannot create: %s", e->dir, FORMAT_NAME, strerror(-rc));
-            if (fd >= 0)
+            if (fd >= 0) {
                 close(fd);
+                (void)unlinkat(e->dirfd, FORMAT_NAME ".tmp", 0);
+            }
             return rc;
         }
         close(fd);
